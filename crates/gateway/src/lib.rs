@@ -1,1 +1,20 @@
-//! x
+//! The Switchboard gateway: a real-time pub/sub server over WebSocket.
+//!
+//! [`server::run`] serves one node on a bound listener until its shutdown future
+//! resolves. Modules by job: [`config`], [`auth`], [`channel`], [`http`], `session` (one
+//! connection), [`hub`] (local fan-out), [`outbox`] (per-connection bounded queue),
+//! [`broker`] (trait and implementations), [`metrics`].
+
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod ratelimit;
+pub mod server;
+mod session;

@@ -79,6 +79,8 @@ codes! {
     Unavailable = 115, "unavailable";
     /// The payload is larger than the configured limit.
     PayloadTooLarge = 116, "payload_too_large";
+    /// A `history` position cannot be served exactly (other epoch, or trimmed).
+    UnrecoverablePosition = 117, "unrecoverable_position";
 
     /// The node is shutting down or restarting; reconnect after the advised delay.
     Shutdown = 3000, "shutdown";
@@ -121,7 +123,10 @@ impl Code {
 
     /// Whether a command that failed with this code may succeed if retried unchanged.
     pub const fn is_temporary(self) -> bool {
-        matches!(self, Code::Internal | Code::TooManyRequests | Code::Unavailable)
+        matches!(
+            self,
+            Code::Internal | Code::TooManyRequests | Code::Unavailable
+        )
     }
 }
 

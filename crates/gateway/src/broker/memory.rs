@@ -1,0 +1,402 @@
+//! The embedded in-process broker for single-node deployments.
+//!
+//! Each channel's stream (epoch, last offset, retained publications) sits behind its own
+//! lock in a sharded map. Publishing assigns the offset, stores and delivers to the hub
+//! while holding that channel's lock, which is what makes per-channel order and
+//! history/live agreement hold; the lock is never held across an `.await`.
+//!
+//! Streams whose history has fully expired and that saw no publish for `idle_ttl` are
+//! dropped by [`MemoryBroker::sweep`]; a later publish starts a new epoch, so a client
+//! holding an old position gets `recovered: false` rather than a silent gap.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use switchboard_protocol::{ClientInfo, StreamPosition};
+
+use super::{
+    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, EventSink, HistoryPage,
+    NewPublication, PresenceStats, Publication, Since,
+};
+use crate::channel::StreamOptions;
+
+/// The embedded broker.
+pub struct MemoryBroker {
+    streams: DashMap<Arc<str>, Arc<Mutex<Stream>>>,
+    presence: DashMap<String, HashMap<String, ClientInfo>>,
+    sink: Arc<dyn EventSink>,
+    idle_ttl: Duration,
+}
+
+struct Stream {
+    epoch: Arc<str>,
+    top: u64,
+    retained: VecDeque<(Instant, Publication)>,
+    last_publish: Instant,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            epoch: new_epoch(),
+            top: 0,
+            retained: VecDeque::new(),
+            last_publish: Instant::now(),
+        }
+    }
+
+    fn trim(&mut self, options: StreamOptions, now: Instant) {
+        while self.retained.len() > options.history_size {
+            self.retained.pop_front();
+        }
+        while self
+            .retained
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= options.history_ttl)
+        {
+            self.retained.pop_front();
+        }
+    }
+}
+
+fn lock(stream: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
+    stream
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryBroker {
+    /// A broker delivering into `sink`. Streams idle (no publish, no retained history) for
+    /// `idle_ttl` are forgotten by [`MemoryBroker::sweep`].
+    pub fn new(sink: Arc<dyn EventSink>, idle_ttl: Duration) -> MemoryBroker {
+        MemoryBroker {
+            streams: DashMap::new(),
+            presence: DashMap::new(),
+            sink,
+            idle_ttl,
+        }
+    }
+
+    fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
+        if let Some(stream) = self.streams.get(channel) {
+            return stream.clone();
+        }
+        self.streams
+            .entry(Arc::from(channel))
+            .or_insert_with(|| Arc::new(Mutex::new(Stream::new())))
+            .clone()
+    }
+
+    /// Drops expired publications and forgets idle streams; returns how many streams remain.
+    pub fn sweep(&self, retention: impl Fn(&str) -> Option<StreamOptions>) -> usize {
+        let now = Instant::now();
+        self.streams.retain(|channel, stream| {
+            let mut stream = lock(stream);
+            if let Some(options) = retention(channel) {
+                stream.trim(options, now);
+            }
+            !(stream.retained.is_empty()
+                && now.duration_since(stream.last_publish) >= self.idle_ttl)
+        });
+        self.streams.len()
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        // Every event of this process reaches the hub, which keeps only subscribed channels.
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: NewPublication,
+        options: StreamOptions,
+    ) -> Result<Option<StreamPosition>, BrokerError> {
+        let channel_name: Arc<str> = Arc::from(channel);
+        let mut event = Publication {
+            channel: channel_name,
+            offset: None,
+            epoch: None,
+            event: publication.event,
+            data: publication.data,
+            ts: unix_millis(),
+            from: publication.from,
+        };
+        if publication.ephemeral {
+            self.sink.deliver(channel, ChannelEvent::Publication(event));
+            return Ok(None);
+        }
+        let stream = self.stream(channel);
+        let mut stream = lock(&stream);
+        let now = Instant::now();
+        stream.top += 1;
+        stream.last_publish = now;
+        event.offset = Some(stream.top);
+        event.epoch = Some(stream.epoch.clone());
+        let position = StreamPosition {
+            offset: stream.top,
+            epoch: stream.epoch.to_string(),
+        };
+        if options.history_size > 0 {
+            stream.retained.push_back((now, event.clone()));
+        }
+        stream.trim(options, now);
+        // Delivered under the stream lock: the next publish of this channel waits, so
+        // subscribers see offsets in order.
+        self.sink.deliver(channel, ChannelEvent::Publication(event));
+        Ok(Some(position))
+    }
+
+    async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
+        self.sink.deliver(channel, event);
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+        options: StreamOptions,
+    ) -> Result<HistoryPage, BrokerError> {
+        let stream = self.stream(channel);
+        let mut stream = lock(&stream);
+        stream.trim(options, Instant::now());
+        let publications: Vec<Publication> = match &since {
+            Since::Latest => {
+                let skip = stream.retained.len().saturating_sub(limit);
+                stream
+                    .retained
+                    .iter()
+                    .skip(skip)
+                    .map(|(_, p)| p.clone())
+                    .collect()
+            }
+            Since::After(position) => {
+                let first_retained = stream.retained.front().and_then(|(_, p)| p.offset);
+                let continuous = position.offset == stream.top
+                    || first_retained.is_some_and(|first| first <= position.offset + 1);
+                if *position.epoch != *stream.epoch || position.offset > stream.top || !continuous {
+                    return Err(BrokerError::PositionLost {
+                        offset: position.offset,
+                        epoch: position.epoch.clone(),
+                    });
+                }
+                stream
+                    .retained
+                    .iter()
+                    .map(|(_, p)| p)
+                    .filter(|p| p.offset.is_some_and(|o| o > position.offset))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Ok(HistoryPage {
+            epoch: stream.epoch.clone(),
+            top: stream.top,
+            publications,
+        })
+    }
+
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        self.presence
+            .entry(channel.to_string())
+            .or_default()
+            .insert(client.client.clone(), client);
+        Ok(())
+    }
+
+    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+        if let dashmap::Entry::Occupied(mut entry) = self.presence.entry(channel.to_string()) {
+            entry.get_mut().remove(client_id);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        Ok(self
+            .presence
+            .get(channel)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
+        Ok(self
+            .presence
+            .get(channel)
+            .map(|m| {
+                let users: std::collections::HashSet<&str> =
+                    m.values().map(|c| c.user.as_str()).collect();
+                PresenceStats {
+                    clients: m.len() as u64,
+                    users: users.len() as u64,
+                }
+            })
+            .unwrap_or_default())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, ChannelEvent)>>);
+
+    impl EventSink for Recorder {
+        fn deliver(&self, channel: &str, event: ChannelEvent) {
+            self.0
+                .lock()
+                .expect("lock")
+                .push((channel.to_string(), event));
+        }
+    }
+
+    fn options(size: usize) -> StreamOptions {
+        StreamOptions {
+            history_size: size,
+            history_ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn new_pub(n: u32) -> NewPublication {
+        NewPublication {
+            event: None,
+            data: serde_json::value::to_raw_value(&n).expect("raw"),
+            from: None,
+            ephemeral: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_contiguous_and_history_is_trimmed() {
+        let sink = Arc::new(Recorder::default());
+        let broker = MemoryBroker::new(sink.clone(), Duration::from_secs(60));
+        let mut epoch = String::new();
+        for n in 1..=5 {
+            let pos = broker
+                .publish("c", new_pub(n), options(3))
+                .await
+                .expect("publish")
+                .expect("pos");
+            assert_eq!(pos.offset, u64::from(n));
+            epoch = pos.epoch;
+        }
+        assert_eq!(sink.0.lock().expect("lock").len(), 5);
+        let page = broker
+            .history("c", Since::Latest, 10, options(3))
+            .await
+            .expect("history");
+        let offsets: Vec<_> = page.publications.iter().filter_map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        let after = Since::After(StreamPosition {
+            offset: 3,
+            epoch: epoch.clone(),
+        });
+        let page = broker
+            .history("c", after, 10, options(3))
+            .await
+            .expect("recoverable");
+        assert_eq!(page.publications.len(), 2);
+        let trimmed = Since::After(StreamPosition {
+            offset: 1,
+            epoch: epoch.clone(),
+        });
+        assert!(matches!(
+            broker.history("c", trimmed, 10, options(3)).await,
+            Err(BrokerError::PositionLost { .. })
+        ));
+        let other_epoch = Since::After(StreamPosition {
+            offset: 5,
+            epoch: "x".into(),
+        });
+        assert!(broker
+            .history("c", other_epoch, 10, options(3))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn ephemeral_is_delivered_but_not_stored() {
+        let sink = Arc::new(Recorder::default());
+        let broker = MemoryBroker::new(sink.clone(), Duration::from_secs(60));
+        let mut publication = new_pub(1);
+        publication.ephemeral = true;
+        assert_eq!(
+            broker
+                .publish("c", publication, options(3))
+                .await
+                .expect("publish"),
+            None
+        );
+        assert_eq!(sink.0.lock().expect("lock").len(), 1);
+        let page = broker
+            .history("c", Since::Latest, 10, options(3))
+            .await
+            .expect("history");
+        assert!(page.publications.is_empty());
+        assert_eq!(page.top, 0);
+    }
+
+    #[tokio::test]
+    async fn idle_streams_are_swept_and_get_a_new_epoch() {
+        let sink = Arc::new(Recorder::default());
+        let broker = MemoryBroker::new(sink, Duration::ZERO);
+        let first = broker
+            .publish("c", new_pub(1), options(0))
+            .await
+            .expect("publish")
+            .expect("pos");
+        assert_eq!(broker.sweep(|_| Some(options(0))), 0);
+        let second = broker
+            .publish("c", new_pub(2), options(0))
+            .await
+            .expect("publish")
+            .expect("pos");
+        assert_ne!(first.epoch, second.epoch);
+        assert_eq!(second.offset, 1);
+    }
+
+    #[tokio::test]
+    async fn presence_counts_unique_users() {
+        let broker = MemoryBroker::new(Arc::new(Recorder::default()), Duration::from_secs(60));
+        for (client, user) in [("a", "u1"), ("b", "u1"), ("c", "u2")] {
+            let info = ClientInfo {
+                client: client.into(),
+                user: user.into(),
+                info: None,
+            };
+            broker.presence_add("room", info).await.expect("add");
+        }
+        assert_eq!(
+            broker.presence_stats("room").await.expect("stats"),
+            PresenceStats {
+                clients: 3,
+                users: 2
+            }
+        );
+        broker.presence_remove("room", "a").await.expect("remove");
+        assert_eq!(broker.presence("room").await.expect("list").len(), 2);
+    }
+}

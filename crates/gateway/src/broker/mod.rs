@@ -1,0 +1,173 @@
+//! The broker: where publications get their offsets, where history and presence live,
+//! and how publications reach every node with subscribers.
+//!
+//! The [`Broker`] trait is the only thing the sessions and the hub know about. The
+//! embedded [`memory::MemoryBroker`] serves a single node with no dependencies; a Redis
+//! implementation serves a cluster. Events flow back through an [`EventSink`] (the hub),
+//! called in per-channel order and never concurrently for one channel.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+use switchboard_protocol::{ClientInfo, StreamPosition};
+
+use crate::channel::StreamOptions;
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store is unreachable; the operation may be retried.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The requested position cannot be served exactly (other epoch, or trimmed).
+    #[error("position {offset}/{epoch} is not available in this stream")]
+    PositionLost {
+        /// Requested offset.
+        offset: u64,
+        /// Requested epoch.
+        epoch: String,
+    },
+}
+
+/// A publication with its place in the channel's stream.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Offset, absent for ephemeral publications.
+    pub offset: Option<u64>,
+    /// Epoch, absent for ephemeral publications.
+    pub epoch: Option<Arc<str>>,
+    /// Application event name.
+    pub event: Option<String>,
+    /// Payload as canonical JSON text.
+    pub data: Box<RawValue>,
+    /// Server time of publication, Unix milliseconds.
+    pub ts: u64,
+    /// The publishing connection, for client publishes.
+    pub from: Option<ClientInfo>,
+}
+
+/// What a publisher hands to [`Broker::publish`].
+#[derive(Debug, Clone)]
+pub struct NewPublication {
+    /// Application event name.
+    pub event: Option<String>,
+    /// Payload as JSON text.
+    pub data: Box<RawValue>,
+    /// The publishing connection, for client publishes.
+    pub from: Option<ClientInfo>,
+    /// Live only: no offset, not stored.
+    pub ephemeral: bool,
+}
+
+/// Something that happened in a channel, delivered to every node with subscribers.
+#[derive(Debug, Clone)]
+pub enum ChannelEvent {
+    /// A publication.
+    Publication(Publication),
+    /// A connection joined (join/leave enabled namespaces only).
+    Join(ClientInfo),
+    /// A connection left.
+    Leave(ClientInfo),
+}
+
+/// A page of history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Current epoch.
+    pub epoch: Arc<str>,
+    /// Offset of the newest publication (0 when none was ever published in this epoch).
+    pub top: u64,
+    /// Publications, oldest first.
+    pub publications: Vec<Publication>,
+}
+
+/// Which publications a history read returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Since {
+    /// The newest ones (up to the limit).
+    Latest,
+    /// Those after this position; fails with [`BrokerError::PositionLost`] when the
+    /// position's epoch differs or publications after it were trimmed.
+    After(StreamPosition),
+}
+
+/// Presence counts of one channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceStats {
+    /// Connections present.
+    pub clients: u64,
+    /// Distinct users among them.
+    pub users: u64,
+}
+
+/// Receives channel events from the broker; implemented by the hub.
+pub trait EventSink: Send + Sync + 'static {
+    /// Called once per event, in the channel's order.
+    fn deliver(&self, channel: &str, event: ChannelEvent);
+}
+
+/// The broker interface shared by the memory and Redis implementations.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Makes this node receive `channel`'s events (called for every local subscription;
+    /// implementations count interest themselves).
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Drops one unit of local interest in `channel`.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Assigns the next offset (unless ephemeral), stores the publication under `stream`
+    /// retention and delivers it to every node with subscribers. Returns the position.
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: NewPublication,
+        stream: StreamOptions,
+    ) -> Result<Option<StreamPosition>, BrokerError>;
+
+    /// Delivers a join or leave event (never stored).
+    async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError>;
+
+    /// Reads retained history, at most `limit` publications.
+    async fn history(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+        stream: StreamOptions,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Records `client` as present in `channel`.
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
+
+    /// Removes connection `client_id` from `channel`'s presence.
+    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError>;
+
+    /// Everyone present in `channel`.
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
+
+    /// Presence counts of `channel`.
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError>;
+
+    /// Whether the broker can currently serve requests (feeds `/readyz`).
+    fn is_ready(&self) -> bool;
+}
+
+/// Current Unix time in milliseconds.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh random epoch identifier.
+pub fn new_epoch() -> Arc<str> {
+    use rand::Rng;
+    let value: u64 = rand::rng().random();
+    Arc::from(format!("{value:016x}"))
+}

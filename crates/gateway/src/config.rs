@@ -1,0 +1,469 @@
+//! Gateway configuration: one plain struct tree with defaults.
+//!
+//! Sources are layered, later ones winning: built-in defaults, a TOML file, environment
+//! variables `SWITCHBOARD_<SECTION>__<FIELD>` (e.g. `SWITCHBOARD_AUTH__HMAC_SECRET`), then
+//! command-line flags. Layering is done by `figment`, so no field needs hand-written
+//! override code. Every field documents its unit and default; `docs/operations.md` mirrors
+//! these comments and `switchboard config` prints the effective result.
+//!
+//! This module only describes and loads configuration; it must not act on it.
+
+use std::{net::SocketAddr, path::Path};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// Values are individually fine but inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node: listen address, identity, shutdown.
+    pub node: NodeConfig,
+    /// Where publications, history and presence live.
+    pub broker: BrokerConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// WebSocket heartbeat.
+    pub heartbeat: HeartbeatConfig,
+    /// Per-node, per-user and per-connection limits.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Channel namespaces; a channel `ns:rest` uses namespace `ns`, a bare name uses `""`.
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            broker: BrokerConfig::default(),
+            auth: AuthConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            namespaces: NamespaceConfig::defaults(),
+        }
+    }
+}
+
+/// Node identity, listener and shutdown behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address the HTTP/WebSocket listener binds. Default `0.0.0.0:8000`.
+    pub listen: SocketAddr,
+    /// Node name shown in replies and metrics. Default: a random id chosen at start.
+    pub name: Option<String>,
+    /// Longest a graceful shutdown may take before the process exits anyway, in
+    /// milliseconds. Default 10000.
+    pub shutdown_timeout_ms: u64,
+    /// Upper bound of the random reconnect delay advised to clients on shutdown, in
+    /// milliseconds; each client gets a uniformly jittered value in `[0, this]` so that
+    /// they do not all reconnect at once. Default 5000.
+    pub shutdown_reconnect_jitter_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            name: None,
+            shutdown_timeout_ms: 10_000,
+            shutdown_reconnect_jitter_ms: 5_000,
+        }
+    }
+}
+
+/// Broker selection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `memory://` for the embedded single-node broker. Default `memory://`.
+    pub url: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: "memory://".into(),
+        }
+    }
+}
+
+/// JWT verification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The one accepted signing algorithm: `HS256`, `RS256`, `ES256` or `EdDSA`. Tokens whose
+    /// header names another algorithm are refused. Default `HS256`.
+    pub algorithm: String,
+    /// Shared secret for `HS256`. Default: none (required for `HS256`).
+    pub hmac_secret: Option<String>,
+    /// PEM public key for `RS256`, `ES256` or `EdDSA`, inline. Default: none.
+    pub public_key_pem: Option<String>,
+    /// Path of a PEM public key file, used when `public_key_pem` is not set. Default: none.
+    pub public_key_file: Option<String>,
+    /// Required `iss` claim, if set. Default: not checked.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set. Default: not checked.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds. Default 5.
+    pub leeway_secs: u64,
+    /// Accept `connect` without a token; such connections have an empty user id. Default false.
+    pub allow_anonymous: bool,
+    /// A connection that has not sent a valid `connect` by then is closed, in milliseconds.
+    /// Default 10000.
+    pub auth_timeout_ms: u64,
+    /// How long before the token's `exp` the server sends a `refresh` push, in seconds.
+    /// Default 60.
+    pub refresh_ahead_secs: u64,
+    /// How long after `exp` an unrefreshed connection stays open, in seconds. Default 30.
+    pub expired_grace_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: "HS256".into(),
+            hmac_secret: None,
+            public_key_pem: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 5,
+            allow_anonymous: false,
+            auth_timeout_ms: 10_000,
+            refresh_ahead_secs: 60,
+            expired_grace_secs: 30,
+        }
+    }
+}
+
+/// WebSocket heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Interval between server pings, in milliseconds. Default 25000.
+    pub ping_interval_ms: u64,
+    /// A connection from which nothing (pong or any frame) arrived for
+    /// `ping_interval_ms + pong_timeout_ms` is closed, in milliseconds. Default 10000.
+    pub pong_timeout_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Limits. Each one, when hit, produces the code named in its comment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest incoming WebSocket message, in bytes; larger closes with 3502
+    /// `message_too_large`. Default 65536.
+    pub max_message_bytes: usize,
+    /// Largest publication payload (`data`, as JSON), in bytes; larger is answered with 116
+    /// `payload_too_large`. Default 32768.
+    pub max_payload_bytes: usize,
+    /// Subscriptions per connection, including the personal channel; more is answered
+    /// with 110 `limit_exceeded`. Default 256.
+    pub max_subscriptions_per_connection: usize,
+    /// Connections per node; more are closed with 3005 `node_full`. Default 100000.
+    pub max_connections: usize,
+    /// Connections per user on this node; more are closed with 3503
+    /// `too_many_connections`. 0 disables the limit. Default 100.
+    pub max_connections_per_user: usize,
+    /// Sustained commands per second per connection (token bucket refill rate); more are
+    /// answered with 111 `too_many_requests`. Default 100.
+    pub commands_per_second: u32,
+    /// Token bucket size: commands a connection may send in a burst. Default 200.
+    pub command_burst: u32,
+    /// Bytes queued for one connection before it is closed with 3001 `slow_consumer`.
+    /// Default 1048576 (1 MiB).
+    pub outbound_queue_bytes: usize,
+    /// Frames queued for one connection before it is closed with 3001 `slow_consumer`.
+    /// Default 4096.
+    pub outbound_queue_frames: usize,
+    /// Allowed `Origin` header values for browser connections; `*` allows any. Requests
+    /// without an `Origin` header (non-browser clients) are always allowed. A refused
+    /// origin gets HTTP 403. Default `["*"]`.
+    pub allowed_origins: Vec<String>,
+    /// Longest channel name, in bytes; longer is answered with 105 `invalid_channel`.
+    /// Default 255.
+    pub max_channel_length: usize,
+    /// Most publications one `history` call returns. Default 1000.
+    pub max_history_limit: u32,
+    /// Per-connection WebSocket read buffer, in bytes (memory per connection). Default 4096.
+    pub read_buffer_bytes: usize,
+    /// Per-connection WebSocket write buffer, in bytes; writes are coalesced up to this
+    /// size before a flush. Default 16384.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 65_536,
+            max_payload_bytes: 32_768,
+            max_subscriptions_per_connection: 256,
+            max_connections: 100_000,
+            max_connections_per_user: 100,
+            commands_per_second: 100,
+            command_burst: 200,
+            outbound_queue_bytes: 1 << 20,
+            outbound_queue_frames: 4096,
+            allowed_origins: vec!["*".into()],
+            max_channel_length: 255,
+            max_history_limit: 1000,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16_384,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: String,
+    /// A `tracing` filter such as `info` or `switchboard_gateway=debug`; `RUST_LOG`
+    /// overrides it. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Who may subscribe to a namespace's channels.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribePolicy {
+    /// Any connection, anonymous ones included.
+    Any,
+    /// Any connection with a user id.
+    Authenticated,
+    /// Only the user whose id is the part after `namespace:` (personal channels).
+    Owner,
+    /// Only holders of a subscription token for the channel, or of a connection token
+    /// whose `channels` claim matches it.
+    Token,
+}
+
+/// Rules for one channel namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Namespace name (`""` is the default namespace of names without a colon).
+    pub name: String,
+    /// Who may subscribe. Default `authenticated`.
+    pub subscribe: SubscribePolicy,
+    /// Whether clients may publish (when they may also subscribe). Default false.
+    pub publish: bool,
+    /// Whether presence is tracked and queryable. Default true.
+    pub presence: bool,
+    /// Whether join/leave pushes are sent to subscribers. Default false.
+    pub join_leave: bool,
+    /// Publications retained per channel for history and recovery; 0 keeps none.
+    /// Default 100.
+    pub history_size: usize,
+    /// How long a publication is retained, in seconds. Default 300.
+    pub history_ttl_secs: u64,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            name: String::new(),
+            subscribe: SubscribePolicy::Authenticated,
+            publish: false,
+            presence: true,
+            join_leave: false,
+            history_size: 100,
+            history_ttl_secs: 300,
+        }
+    }
+}
+
+impl NamespaceConfig {
+    /// The namespace of personal channels `user:<id>`, always present.
+    pub const PERSONAL: &'static str = "user";
+
+    /// The built-in namespaces: the default one, `user` (personal channels, one day of
+    /// history so offline devices catch up) and `chat` (client publish, presence,
+    /// join/leave). Configuring `namespaces` replaces this list; `user` is added back with
+    /// these settings if missing.
+    pub fn defaults() -> Vec<NamespaceConfig> {
+        vec![
+            NamespaceConfig::default(),
+            Self::personal(),
+            NamespaceConfig {
+                name: "chat".into(),
+                publish: true,
+                join_leave: true,
+                history_size: 50,
+                ..NamespaceConfig::default()
+            },
+        ]
+    }
+
+    fn personal() -> NamespaceConfig {
+        NamespaceConfig {
+            name: Self::PERSONAL.into(),
+            subscribe: SubscribePolicy::Owner,
+            presence: false,
+            history_size: 1000,
+            history_ttl_secs: 86_400,
+            ..NamespaceConfig::default()
+        }
+    }
+}
+
+/// The development HMAC secret used by `--dev`. Never use it in production.
+pub const DEV_SECRET: &str = "switchboard-dev-secret-do-not-use-in-production";
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `SWITCHBOARD_*` environment variables,
+    /// then `overrides` (command-line flags, already shaped like the config), and checks
+    /// the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a source is unreadable, a value mistyped, or values conflict.
+    pub fn load(file: Option<&Path>, overrides: serde_json::Value) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "{} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::prefixed("SWITCHBOARD_").split("__"))
+            .merge(Serialized::defaults(overrides));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.normalize()?;
+        Ok(config)
+    }
+
+    /// Ensures the personal namespace exists and checks cross-field consistency.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the offending field.
+    pub fn normalize(&mut self) -> Result<(), ConfigError> {
+        if !self
+            .namespaces
+            .iter()
+            .any(|ns| ns.name == NamespaceConfig::PERSONAL)
+        {
+            self.namespaces.push(NamespaceConfig::personal());
+        }
+        let mut names = std::collections::HashSet::new();
+        for ns in &self.namespaces {
+            if !names.insert(ns.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace `{}` is defined twice",
+                    ns.name
+                )));
+            }
+            if ns.name.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace `{}` contains `:`",
+                    ns.name
+                )));
+            }
+        }
+        if self.limits.outbound_queue_frames == 0 || self.limits.outbound_queue_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.outbound_queue_* must be positive".into(),
+            ));
+        }
+        if self.limits.commands_per_second == 0 || self.limits.command_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.commands_per_second and command_burst must be positive".into(),
+            ));
+        }
+        if self.heartbeat.ping_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "heartbeat.ping_interval_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `switchboard config`.
+    ///
+    /// # Errors
+    /// When serialization fails (it does not for valid configurations).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_include_personal_namespace() {
+        let config = Config::load(None, serde_json::json!({})).expect("defaults load");
+        assert!(config.namespaces.iter().any(|ns| ns.name == "user"));
+        assert!(config.to_toml().expect("toml").contains("[auth]"));
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[auth]\nhmac_secret = \"s\"\n[limits]\nmax_connections = 7\n",
+        )
+        .expect("write");
+        let config = Config::load(
+            Some(&file),
+            serde_json::json!({"limits": {"max_connections": 9}}),
+        )
+        .expect("load");
+        assert_eq!(config.auth.hmac_secret.as_deref(), Some("s"));
+        assert_eq!(config.limits.max_connections, 9);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("sb-config-u-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[limits]\nmax_conections = 7\n").expect("write");
+        let err = Config::load(Some(&file), serde_json::json!({})).expect_err("typo");
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The HTTP surface of a node: the WebSocket endpoint, health, readiness and metrics.
+//!
+//! Errors are JSON bodies `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx
+//! status. This module decides whether an upgrade is allowed (origin, draining) and which
+//! encoding the connection uses; the session module owns the connection afterwards.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{ws::WebSocketUpgrade, ConnectInfo, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use switchboard_protocol::Encoding;
+
+use crate::{node::Node, session};
+
+/// Why an HTTP request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The browser `Origin` is not in `limits.allowed_origins`.
+    #[error("origin `{0}` is not allowed")]
+    OriginNotAllowed(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    Draining,
+    /// No such route.
+    #[error("no route for this path")]
+    NotFound,
+}
+
+impl HttpError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            HttpError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            HttpError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            HttpError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The node's router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { HttpError::NotFound })
+        .with_state(node)
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let ready = node.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "draining": node.is_draining(),
+        "broker": node.broker.is_ready(),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn websocket(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    mut upgrade: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    if node.is_draining() {
+        return Err(HttpError::Draining);
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        let allowed = &node.config.limits.allowed_origins;
+        if !allowed.iter().any(|a| a == "*" || a == origin) {
+            return Err(HttpError::OriginNotAllowed(origin.to_string()));
+        }
+    }
+    let encoding = select_encoding(&mut upgrade);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let limits = &node.config.limits;
+    let upgrade = upgrade
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.write_buffer_bytes)
+        .max_write_buffer_size(limits.write_buffer_bytes.max(limits.outbound_queue_bytes) * 2);
+    let tracker = node.sessions.clone();
+    Ok(upgrade.on_upgrade(move |socket| {
+        tracker.track_future(session::run(node, socket, encoding, bearer, remote))
+    }))
+}
+
+/// Picks the first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`
+/// (JSON when it offers none) and echoes it back when one was offered.
+fn select_encoding(upgrade: &mut WebSocketUpgrade) -> Encoding {
+    let offered: Vec<Encoding> = upgrade
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok())
+        .filter_map(Encoding::from_subprotocol)
+        .collect();
+    let encoding = offered.first().copied().unwrap_or(Encoding::Json);
+    if !offered.is_empty() {
+        upgrade.set_selected_protocol(HeaderValue::from_static(encoding.subprotocol()));
+    }
+    encoding
+}

@@ -1,0 +1,291 @@
+//! The local channel index and fan-out.
+//!
+//! The hub knows which connections of *this node* are subscribed to which channel. The
+//! broker hands it each channel event once; the hub wraps the event in a [`Delivery`]
+//! whose frames are encoded lazily, at most once per wire format, and pushes the shared
+//! bytes into each subscriber's bounded [`Outbox`]. Pushing never waits, so a slow
+//! subscriber cannot delay the others (its outbox closes it instead).
+//!
+//! A new subscription starts *buffering*: events are kept aside while the session reads
+//! history, then [`Hub::go_live`] replays the buffer after the position the session has
+//! already sent and switches to live delivery. That is what makes recovery gap-free and
+//! duplicate-free.
+//!
+//! The hub must not await while holding a shard of its map, and must not call the broker.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use dashmap::DashMap;
+use switchboard_protocol::{
+    codec::{self, CodecError},
+    push::{self, ChannelClient, Push},
+    Encoding,
+};
+
+use crate::{
+    broker::{ChannelEvent, EventSink, Publication},
+    metrics::Metrics,
+    outbox::Outbox,
+};
+
+/// Identifies a connection on this node.
+pub type ConnId = u64;
+
+/// One channel event on its way to local subscribers, with its frames encoded on demand.
+#[derive(Debug)]
+pub struct Delivery {
+    channel: Arc<str>,
+    event: ChannelEvent,
+    frames: [OnceLock<Option<Message>>; 2],
+    received_at: Instant,
+}
+
+impl Delivery {
+    /// Wraps an event of `channel` received now.
+    pub fn new(channel: Arc<str>, event: ChannelEvent) -> Delivery {
+        Delivery {
+            channel,
+            event,
+            frames: [OnceLock::new(), OnceLock::new()],
+            received_at: Instant::now(),
+        }
+    }
+
+    /// The frame for `encoding`, encoded on first use and shared afterwards. `None` when
+    /// the event cannot be represented in that encoding (logged once).
+    pub fn frame(&self, encoding: Encoding) -> Option<&Message> {
+        self.frames[encoding.index()]
+            .get_or_init(|| match self.encode(encoding) {
+                Ok(message) => Some(message),
+                Err(error) => {
+                    tracing::error!(%error, channel = %self.channel, encoding = encoding.name(), "cannot encode channel event");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    fn encode(&self, encoding: Encoding) -> Result<Message, CodecError> {
+        match &self.event {
+            ChannelEvent::Publication(publication) => encode_publication(publication, encoding),
+            ChannelEvent::Join(client) | ChannelEvent::Leave(client) => {
+                let body = ChannelClient {
+                    channel: self.channel.to_string(),
+                    client: client.clone(),
+                };
+                let push: Push<()> = match self.event {
+                    ChannelEvent::Join(_) => Push::Join(body),
+                    _ => Push::Leave(body),
+                };
+                to_message(encoding, codec::encode(encoding, &push)?)
+            }
+        }
+    }
+
+    /// The stream position of a publication event.
+    fn position(&self) -> Option<(&str, u64)> {
+        match &self.event {
+            ChannelEvent::Publication(Publication {
+                epoch: Some(epoch),
+                offset: Some(offset),
+                ..
+            }) => Some((epoch, *offset)),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes a publication push in `encoding`. The payload is raw JSON, copied verbatim into
+/// JSON frames; MessagePack needs it as a value, parsed once here.
+///
+/// # Errors
+/// [`CodecError`] when the payload cannot be represented in `encoding`.
+pub fn encode_publication(
+    publication: &Publication,
+    encoding: Encoding,
+) -> Result<Message, CodecError> {
+    let bytes = match encoding {
+        Encoding::Json => {
+            let push: Push<&serde_json::value::RawValue> =
+                Push::Publication(wire_publication(publication, &*publication.data));
+            codec::encode(encoding, &push)?
+        }
+        Encoding::MsgPack => {
+            let data: serde_json::Value = serde_json::from_str(publication.data.get())?;
+            codec::encode(
+                encoding,
+                &Push::Publication(wire_publication(publication, data)),
+            )?
+        }
+    };
+    to_message(encoding, bytes)
+}
+
+/// The wire form of a publication with `data` as given.
+pub fn wire_publication<D>(publication: &Publication, data: D) -> push::Publication<D> {
+    push::Publication {
+        channel: publication.channel.to_string(),
+        offset: publication.offset,
+        epoch: publication.epoch.as_deref().map(str::to_string),
+        event: publication.event.clone(),
+        data,
+        ts: publication.ts,
+        from: publication.from.clone(),
+    }
+}
+
+/// Wraps encoded bytes in the WebSocket message type of `encoding`.
+///
+/// # Errors
+/// When JSON output is not UTF-8 (serde_json never produces that).
+pub fn to_message(encoding: Encoding, bytes: bytes::Bytes) -> Result<Message, CodecError> {
+    match encoding {
+        Encoding::Json => Utf8Bytes::try_from(bytes)
+            .map(Message::Text)
+            .map_err(|_| CodecError::Json(serde::ser::Error::custom("JSON output is not UTF-8"))),
+        Encoding::MsgPack => Ok(Message::Binary(bytes)),
+    }
+}
+
+enum State {
+    Live,
+    Buffering(Vec<Arc<Delivery>>),
+}
+
+struct Subscriber {
+    outbox: Outbox,
+    encoding: Encoding,
+    state: State,
+}
+
+impl Subscriber {
+    fn push(&self, delivery: &Delivery) {
+        if let Some(frame) = delivery.frame(self.encoding) {
+            self.outbox.push(frame.clone(), Some(delivery.received_at));
+        }
+    }
+}
+
+/// The node's channel index.
+pub struct Hub {
+    channels: DashMap<Arc<str>, HashMap<ConnId, Subscriber>>,
+    metrics: Arc<Metrics>,
+    max_buffered: usize,
+}
+
+impl Hub {
+    /// An empty hub. A subscription that buffers more than `max_buffered` events while
+    /// recovering is closed as a slow consumer.
+    pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Hub {
+        Hub {
+            channels: DashMap::new(),
+            metrics,
+            max_buffered,
+        }
+    }
+
+    /// Adds a buffering subscription. Returns `false` if `conn` is already subscribed.
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        outbox: Outbox,
+        encoding: Encoding,
+    ) -> bool {
+        let mut entry = self.channels.entry(Arc::from(channel)).or_insert_with(|| {
+            self.metrics.channels.inc();
+            HashMap::new()
+        });
+        if entry.contains_key(&conn) {
+            return false;
+        }
+        entry.insert(
+            conn,
+            Subscriber {
+                outbox,
+                encoding,
+                state: State::Buffering(Vec::new()),
+            },
+        );
+        self.metrics.subscriptions.inc();
+        true
+    }
+
+    /// Replays what was buffered since [`Hub::subscribe`], skipping publications at or
+    /// before `delivered` (the last position the session already sent, as epoch and
+    /// offset), then switches the subscription to live delivery.
+    pub fn go_live(&self, channel: &str, conn: ConnId, delivered: Option<(&str, u64)>) {
+        let Some(mut subscribers) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(subscriber) = subscribers.get_mut(&conn) else {
+            return;
+        };
+        let State::Buffering(buffered) = std::mem::replace(&mut subscriber.state, State::Live)
+        else {
+            return;
+        };
+        for delivery in buffered {
+            let already_sent = match (delivery.position(), delivered) {
+                (Some((epoch, offset)), Some((sent_epoch, sent))) => {
+                    epoch == sent_epoch && offset <= sent
+                }
+                _ => false,
+            };
+            if !already_sent {
+                subscriber.push(&delivery);
+            }
+        }
+    }
+
+    /// Removes a subscription. Returns `true` when it existed.
+    pub fn unsubscribe(&self, channel: &str, conn: ConnId) -> bool {
+        let dashmap::Entry::Occupied(mut entry) = self.channels.entry(Arc::from(channel)) else {
+            return false;
+        };
+        let removed = entry.get_mut().remove(&conn).is_some();
+        if removed {
+            self.metrics.subscriptions.dec();
+        }
+        if entry.get().is_empty() {
+            entry.remove();
+            self.metrics.channels.dec();
+        }
+        removed
+    }
+
+    /// Number of local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |s| s.len())
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_names(&self) -> Vec<String> {
+        self.channels.iter().map(|e| e.key().to_string()).collect()
+    }
+}
+
+impl EventSink for Hub {
+    fn deliver(&self, channel: &str, event: ChannelEvent) {
+        let Some(mut subscribers) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let delivery = Arc::new(Delivery::new(subscribers.key().clone(), event));
+        let max_buffered = self.max_buffered;
+        for subscriber in subscribers.values_mut() {
+            match &mut subscriber.state {
+                State::Live => subscriber.push(&delivery),
+                State::Buffering(buffer) if buffer.len() < max_buffered => {
+                    buffer.push(delivery.clone())
+                }
+                State::Buffering(_) => subscriber.outbox.close_as_slow_consumer(),
+            }
+        }
+        self.metrics.deliveries.inc_by(subscribers.len() as u64);
+    }
+}

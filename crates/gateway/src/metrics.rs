@@ -1,0 +1,164 @@
+//! Prometheus metrics of one node.
+//!
+//! All metrics live in one registry owned by [`Metrics`], which `/metrics` renders in the
+//! text exposition format. Hot paths touch only atomics (counters, gauges); per-batch
+//! values are added once per batch by the writer rather than once per frame.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric of the gateway. Names are prefixed `switchboard_`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Connections accepted since start.
+    pub connections_total: IntCounter,
+    /// Channel subscriptions of local connections.
+    pub subscriptions: IntGauge,
+    /// Channels with at least one local subscriber.
+    pub channels: IntGauge,
+    /// Frames received from clients.
+    pub messages_in: IntCounter,
+    /// Bytes received from clients.
+    pub bytes_in: IntCounter,
+    /// Frames written to clients.
+    pub messages_out: IntCounter,
+    /// Bytes written to clients.
+    pub bytes_out: IntCounter,
+    /// Publications accepted by this node's publish paths.
+    pub publications: IntCounter,
+    /// Frames handed to local subscriber queues by the hub.
+    pub deliveries: IntCounter,
+    /// Seconds from this node receiving a publication to writing it to a socket.
+    pub publish_to_write: Histogram,
+    /// Connections closed because their queue overflowed.
+    pub slow_consumers: IntCounter,
+    /// Failed token verifications by reason.
+    pub auth_failures: IntCounterVec,
+    /// Commands answered with an error, by code.
+    pub command_errors: IntCounterVec,
+    /// Connections closed by the server, by code.
+    pub disconnects: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    ///
+    /// # Panics
+    /// Never in practice: names are static and unique (checked by a test).
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(format!("switchboard_{name}"), help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique gauge");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(format!("switchboard_{name}"), help).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(format!("switchboard_{name}"), help), &[label])
+                .expect("valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter vec");
+            c
+        };
+        let publish_to_write = Histogram::with_opts(
+            HistogramOpts::new(
+                "switchboard_publish_to_write_seconds",
+                "Time from this node receiving a publication to writing it to a client socket",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(publish_to_write.clone()))
+            .expect("unique histogram");
+        Metrics {
+            connections: gauge("connections", "Open WebSocket connections"),
+            connections_total: counter("connections_total", "WebSocket connections accepted"),
+            subscriptions: gauge(
+                "subscriptions",
+                "Channel subscriptions of local connections",
+            ),
+            channels: gauge("channels", "Channels with at least one local subscriber"),
+            messages_in: counter("messages_in_total", "Frames received from clients"),
+            bytes_in: counter("bytes_in_total", "Bytes received from clients"),
+            messages_out: counter("messages_out_total", "Frames written to clients"),
+            bytes_out: counter("bytes_out_total", "Bytes written to clients"),
+            publications: counter("publications_total", "Publications accepted by this node"),
+            deliveries: counter(
+                "deliveries_total",
+                "Frames queued to local subscribers by the hub",
+            ),
+            publish_to_write,
+            slow_consumers: counter(
+                "slow_consumer_disconnects_total",
+                "Connections closed as slow consumers",
+            ),
+            auth_failures: counter_vec(
+                "auth_failures_total",
+                "Failed token verifications",
+                "reason",
+            ),
+            command_errors: counter_vec(
+                "command_errors_total",
+                "Commands answered with an error",
+                "code",
+            ),
+            disconnects: counter_vec(
+                "disconnects_total",
+                "Connections closed by the server",
+                "code",
+            ),
+            registry,
+        }
+    }
+
+    /// The registry, for components that add their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot render metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_every_family() {
+        let metrics = super::Metrics::new();
+        metrics.auth_failures.with_label_values(&["expired"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("switchboard_connections "));
+        assert!(text.contains("switchboard_auth_failures_total{reason=\"expired\"} 1"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The state one gateway node shares among its sessions and HTTP handlers.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth::Verifier,
+    broker::{memory::MemoryBroker, Broker},
+    channel::ChannelRules,
+    config::Config,
+    hub::{ConnId, Hub},
+    metrics::Metrics,
+};
+
+/// Why a node could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Auth configuration is unusable.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// The broker URL is not supported.
+    #[error("unsupported broker url `{0}` (supported: memory://)")]
+    BrokerUrl(String),
+}
+
+/// Everything a session or handler needs from its node.
+pub struct Node {
+    /// Effective configuration.
+    pub config: Config,
+    /// This node's id, unique per process start.
+    pub id: String,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Channel namespace rules.
+    pub rules: ChannelRules,
+    /// Local channel index.
+    pub hub: Arc<Hub>,
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the node starts shutting down; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Tracks session tasks so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    draining: AtomicBool,
+    connections: AtomicUsize,
+    user_connections: DashMap<String, usize>,
+    next_conn: AtomicU64,
+}
+
+impl Node {
+    /// Builds a node; spawns the broker's background tasks on the current runtime.
+    ///
+    /// # Errors
+    /// [`NodeError`] when auth or broker configuration is unusable.
+    pub fn new(config: Config) -> Result<Arc<Node>, NodeError> {
+        let verifier = Verifier::from_config(&config.auth)?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(
+            metrics.clone(),
+            config.limits.outbound_queue_frames,
+        ));
+        let rules = ChannelRules::new(&config.namespaces, config.limits.max_channel_length);
+        let id = config.node.name.clone().unwrap_or_else(random_node_id);
+        let broker: Arc<dyn Broker> = if config.broker.url.starts_with("memory://") {
+            let broker = Arc::new(MemoryBroker::new(hub.clone(), Duration::from_secs(3600)));
+            spawn_sweeper(
+                broker.clone(),
+                ChannelRules::new(&config.namespaces, config.limits.max_channel_length),
+            );
+            broker
+        } else {
+            return Err(NodeError::BrokerUrl(config.broker.url.clone()));
+        };
+        Ok(Arc::new(Node {
+            config,
+            id,
+            verifier,
+            rules,
+            hub,
+            broker,
+            metrics,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            user_connections: DashMap::new(),
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+
+    /// Whether the node should receive traffic (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.broker.is_ready()
+    }
+
+    /// Whether a graceful shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts a graceful shutdown: readiness goes false and sessions are told to close.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.shutdown.cancel();
+    }
+
+    /// Allocates a connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a new connection; `false` (and nothing counted) when the node is full.
+    pub fn try_add_connection(&self) -> bool {
+        let max = self.config.limits.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Forgets a connection counted by [`Node::try_add_connection`].
+    pub fn remove_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts a connection of `user`; `false` (and nothing counted) over the per-user limit.
+    pub fn try_add_user_connection(&self, user: &str) -> bool {
+        let max = self.config.limits.max_connections_per_user;
+        let mut count = self.user_connections.entry(user.to_string()).or_insert(0);
+        if max != 0 && *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Forgets a connection counted by [`Node::try_add_user_connection`].
+    pub fn remove_user_connection(&self, user: &str) {
+        if let dashmap::Entry::Occupied(mut entry) = self.user_connections.entry(user.to_string()) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+fn random_node_id() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+fn spawn_sweeper(broker: Arc<MemoryBroker>, rules: ChannelRules) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            broker.sweep(|channel| rules.resolve(channel).ok().map(|ns| ns.stream));
+        }
+    });
+}

@@ -1,0 +1,537 @@
+//! Command handlers of a session: one method per protocol method.
+//!
+//! Each handler checks what the protocol requires (connected, channel valid, namespace
+//! rule, permission, limits) in that order, so the first failing rule names the error.
+//! Handlers queue their own success reply because `subscribe` must queue the reply
+//! *before* the recovered publications and before switching the subscription live.
+
+use std::sync::Arc;
+
+use switchboard_protocol::{
+    command::{
+        ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
+    },
+    reply::{
+        ConnectResult, Empty, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
+        RefreshResult, SubscribeResult,
+    },
+    ClientInfo, Code, Command, CommandBody, StreamPosition,
+};
+
+use super::{Identity, Session};
+use crate::{
+    auth::AuthError,
+    broker::{BrokerError, ChannelEvent, NewPublication, Publication, Since},
+    channel::{personal_channel, Namespace},
+    config::SubscribePolicy,
+    error::CommandError,
+    hub::{encode_publication, wire_publication},
+};
+
+/// A subscription whose history has been read but that is not live yet.
+pub(super) struct Prepared {
+    channel: String,
+    namespace: Arc<Namespace>,
+    result: SubscribeResult,
+    missed: Vec<Publication>,
+}
+
+impl Session {
+    /// Handles one decoded command.
+    pub(super) async fn handle(&mut self, command: Command) {
+        let id = command.id;
+        let outcome = match command.body {
+            CommandBody::Connect(params) => self.connect(id, params).await,
+            _ if self.identity.is_none() => Err(CommandError::refused(
+                Code::NotConnected,
+                "send `connect` first",
+            )),
+            CommandBody::Subscribe(params) => self.subscribe(id, params).await,
+            CommandBody::Unsubscribe(params) => self.unsubscribe(id, params).await,
+            CommandBody::Publish(params) => self.publish(id, params).await,
+            CommandBody::Presence(params) => self.presence(id, params).await,
+            CommandBody::PresenceStats(params) => self.presence_stats(id, params).await,
+            CommandBody::History(params) => self.history(id, params).await,
+            CommandBody::Refresh(params) => self.refresh(id, params),
+            CommandBody::Ping => {
+                self.reply(id, Empty {});
+                Ok(())
+            }
+        };
+        if let Err(error) = outcome {
+            self.reply_error(id, &error);
+        }
+    }
+
+    fn identity(&self) -> &Identity {
+        // `handle` refuses every command but `connect` before `connect` succeeded.
+        self.identity
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("checked in handle"))
+    }
+
+    fn client_info(&self) -> ClientInfo {
+        let identity = self.identity();
+        ClientInfo {
+            client: self.client_id.clone(),
+            user: identity.user.clone(),
+            info: identity.claims.info.clone(),
+        }
+    }
+
+    async fn connect(&mut self, id: u64, params: ConnectParams) -> Result<(), CommandError> {
+        if self.identity.is_some() {
+            return Err(CommandError::refused(
+                Code::AlreadyConnected,
+                "already connected",
+            ));
+        }
+        let claims = match params.token.or_else(|| self.bearer.take()) {
+            Some(token) => match self.node.verifier.verify_connection(&token) {
+                Ok(claims) => claims,
+                Err(error) => return Err(self.refuse_connect(id, error)),
+            },
+            None if self.node.config.auth.allow_anonymous => Default::default(),
+            None => {
+                return Err(self.refuse_connect(
+                    id,
+                    AuthError::Claim("no token in connect or Authorization header"),
+                ))
+            }
+        };
+        let user = claims.sub.clone().unwrap_or_default();
+        let personal = (!user.is_empty()).then(|| personal_channel(&user));
+        if let Some(channel) = &personal {
+            if self.node.rules.resolve(channel).is_err() {
+                let error = AuthError::Claim("`sub` has characters not allowed in channel names");
+                return Err(self.refuse_connect(id, error));
+            }
+            if !self.node.try_add_user_connection(&user) {
+                let message = "too many connections for this user";
+                self.close(Code::TooManyConnections, message, None, false);
+                return Err(CommandError::refused(Code::LimitExceeded, message));
+            }
+        }
+        tracing::Span::current().record("user", user.as_str());
+        self.identity = Some(Identity {
+            user,
+            expires_at: claims.exp,
+            claims,
+            refresh_sent: false,
+        });
+        let prepared = match personal {
+            Some(channel) => match self.prepare(&channel, params.recover).await {
+                Ok(prepared) => Some(prepared),
+                Err(error) => {
+                    // Without its personal channel the connection would silently miss
+                    // notifications: refuse it and let the client retry.
+                    self.reply_error(id, &error);
+                    self.close(
+                        Code::ServerError,
+                        "cannot subscribe the personal channel",
+                        None,
+                        true,
+                    );
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
+        let identity = self.identity();
+        let result = ConnectResult {
+            client: self.client_id.clone(),
+            user: identity.user.clone(),
+            node: self.node.id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ping_interval_ms: self.node.config.heartbeat.ping_interval_ms,
+            expires_at: identity.expires_at,
+            subscriptions: prepared.iter().map(|p| p.result.clone()).collect(),
+        };
+        self.reply(id, result);
+        if let Some(prepared) = prepared {
+            self.go_live(prepared).await;
+        }
+        Ok(())
+    }
+
+    /// Counts an authentication failure and closes the connection after the error reply.
+    fn refuse_connect(&self, _id: u64, error: AuthError) -> CommandError {
+        self.node
+            .metrics
+            .auth_failures
+            .with_label_values(&[error.reason()])
+            .inc();
+        let code = if matches!(error, AuthError::Expired) {
+            Code::ConnectionExpired
+        } else {
+            Code::Unauthorized
+        };
+        self.close(code, &error.to_string(), None, true);
+        CommandError::Auth(error)
+    }
+
+    async fn subscribe(&mut self, id: u64, params: SubscribeParams) -> Result<(), CommandError> {
+        let namespace = self.node.rules.resolve(&params.channel)?.clone();
+        if self.subscriptions.contains_key(&params.channel) {
+            return Err(CommandError::refused(
+                Code::AlreadySubscribed,
+                "already subscribed",
+            ));
+        }
+        let max = self.node.config.limits.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= max {
+            return Err(CommandError::refused(
+                Code::LimitExceeded,
+                format!("at most {max} subscriptions per connection"),
+            ));
+        }
+        self.authorize(&params.channel, &namespace, params.token.as_deref())?;
+        let prepared = self.prepare(&params.channel, params.recover).await?;
+        self.reply(id, prepared.result.clone());
+        self.go_live(prepared).await;
+        Ok(())
+    }
+
+    /// Checks that this connection may subscribe to `channel`.
+    fn authorize(
+        &self,
+        channel: &str,
+        namespace: &Namespace,
+        token: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let identity = self.identity();
+        if namespace.policy_allows(&identity.user, channel) {
+            return Ok(());
+        }
+        if namespace.config.subscribe == SubscribePolicy::Owner {
+            return Err(CommandError::refused(
+                Code::PermissionDenied,
+                "this is another user's personal channel",
+            ));
+        }
+        if identity.claims.grants_channel(channel) {
+            return Ok(());
+        }
+        if let Some(token) = token {
+            self.node
+                .verifier
+                .verify_subscription(token, &identity.user, channel)
+                .map_err(|error| {
+                    self.node
+                        .metrics
+                        .auth_failures
+                        .with_label_values(&[error.reason()])
+                        .inc();
+                    error
+                })?;
+            return Ok(());
+        }
+        Err(CommandError::refused(
+            Code::PermissionDenied,
+            "not allowed to subscribe to this channel",
+        ))
+    }
+
+    /// Checks that this connection may read or publish in `channel`: it is subscribed, or
+    /// it could subscribe without a subscription token.
+    fn authorize_access(&self, channel: &str, namespace: &Namespace) -> Result<(), CommandError> {
+        if self.subscriptions.contains_key(channel) {
+            return Ok(());
+        }
+        self.authorize(channel, namespace, None)
+    }
+
+    /// Registers a buffering subscription and reads what the client missed.
+    async fn prepare(
+        &mut self,
+        channel: &str,
+        recover: Option<StreamPosition>,
+    ) -> Result<Prepared, CommandError> {
+        let namespace = self.node.rules.resolve(channel)?.clone();
+        if !self
+            .node
+            .hub
+            .subscribe(channel, self.conn, self.outbox.clone(), self.encoding)
+        {
+            return Err(CommandError::refused(
+                Code::AlreadySubscribed,
+                "already subscribed",
+            ));
+        }
+        match self.read_missed(channel, &namespace, recover).await {
+            Ok((result, missed)) => Ok(Prepared {
+                channel: channel.to_string(),
+                namespace,
+                result,
+                missed,
+            }),
+            Err(error) => {
+                self.node.hub.unsubscribe(channel, self.conn);
+                Err(error)
+            }
+        }
+    }
+
+    async fn read_missed(
+        &self,
+        channel: &str,
+        namespace: &Namespace,
+        recover: Option<StreamPosition>,
+    ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
+        let broker = &self.node.broker;
+        broker.subscribe(channel).await?;
+        let stream = namespace.stream;
+        let Some(position) = recover else {
+            let page = broker.history(channel, Since::Latest, 0, stream).await?;
+            let result = subscribe_result(channel, &page.epoch, page.top, None, None);
+            return Ok((result, Vec::new()));
+        };
+        let from = position.offset;
+        match broker
+            .history(channel, Since::After(position), stream.history_size, stream)
+            .await
+        {
+            Ok(page) if page.publications.len() as u64 == page.top.saturating_sub(from) => {
+                let missed = page.publications.len() as u64;
+                let result =
+                    subscribe_result(channel, &page.epoch, page.top, Some(true), Some(missed));
+                Ok((result, page.publications))
+            }
+            Ok(_) | Err(BrokerError::PositionLost { .. }) => {
+                let page = broker.history(channel, Since::Latest, 0, stream).await?;
+                Ok((
+                    subscribe_result(channel, &page.epoch, page.top, Some(false), None),
+                    Vec::new(),
+                ))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Queues the missed publications, switches the subscription live and announces the
+    /// connection in presence.
+    async fn go_live(&mut self, prepared: Prepared) {
+        let Prepared {
+            channel,
+            namespace,
+            result,
+            missed,
+        } = prepared;
+        for publication in &missed {
+            match encode_publication(publication, self.encoding) {
+                Ok(message) => {
+                    self.outbox.push(message, None);
+                }
+                Err(error) => {
+                    tracing::error!(%error, %channel, "cannot encode recovered publication")
+                }
+            }
+        }
+        self.node
+            .hub
+            .go_live(&channel, self.conn, Some((&result.epoch, result.offset)));
+        let client = self.client_info();
+        if namespace.config.presence {
+            if let Err(error) = self
+                .node
+                .broker
+                .presence_add(&channel, client.clone())
+                .await
+            {
+                tracing::warn!(%error, %channel, "cannot record presence");
+            }
+        }
+        if namespace.config.join_leave {
+            if let Err(error) = self
+                .node
+                .broker
+                .emit(&channel, ChannelEvent::Join(client))
+                .await
+            {
+                tracing::warn!(%error, %channel, "cannot emit join");
+            }
+        }
+        self.subscriptions.insert(channel, namespace);
+    }
+
+    async fn unsubscribe(&mut self, id: u64, params: ChannelParams) -> Result<(), CommandError> {
+        self.node.rules.resolve(&params.channel)?;
+        if !self.subscriptions.contains_key(&params.channel) {
+            return Err(CommandError::refused(Code::NotSubscribed, "not subscribed"));
+        }
+        self.leave(&params.channel).await;
+        self.reply(id, Empty {});
+        Ok(())
+    }
+
+    /// Removes a subscription everywhere: hub, broker interest, presence (with a leave event).
+    pub(super) async fn leave(&mut self, channel: &str) {
+        let Some(namespace) = self.subscriptions.remove(channel) else {
+            return;
+        };
+        self.node.hub.unsubscribe(channel, self.conn);
+        let broker = &self.node.broker;
+        if let Err(error) = broker.unsubscribe(channel).await {
+            tracing::warn!(%error, %channel, "cannot drop broker interest");
+        }
+        if namespace.config.presence {
+            if let Err(error) = broker.presence_remove(channel, &self.client_id).await {
+                tracing::warn!(%error, %channel, "cannot remove presence");
+            }
+        }
+        if namespace.config.join_leave {
+            if let Err(error) = broker
+                .emit(channel, ChannelEvent::Leave(self.client_info()))
+                .await
+            {
+                tracing::warn!(%error, %channel, "cannot emit leave");
+            }
+        }
+    }
+
+    async fn publish(&mut self, id: u64, params: PublishParams) -> Result<(), CommandError> {
+        let namespace = self.node.rules.resolve(&params.channel)?.clone();
+        if !namespace.config.publish {
+            return Err(CommandError::refused(
+                Code::PermissionDenied,
+                "client publishing is disabled in this namespace",
+            ));
+        }
+        self.authorize_access(&params.channel, &namespace)?;
+        let data = serde_json::value::to_raw_value(&params.data)
+            .map_err(switchboard_protocol::CodecError::from)?;
+        let max = self.node.config.limits.max_payload_bytes;
+        if data.get().len() > max {
+            return Err(CommandError::refused(
+                Code::PayloadTooLarge,
+                format!("payload is larger than {max} bytes"),
+            ));
+        }
+        let publication = NewPublication {
+            event: params.event,
+            data,
+            from: Some(self.client_info()),
+            ephemeral: params.ephemeral,
+        };
+        let position = self
+            .node
+            .broker
+            .publish(&params.channel, publication, namespace.stream)
+            .await?;
+        self.node.metrics.publications.inc();
+        let (offset, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
+        self.reply(id, PublishResult { offset, epoch });
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: u64, params: ChannelParams) -> Result<(), CommandError> {
+        self.presence_channel(&params.channel)?;
+        let clients = self.node.broker.presence(&params.channel).await?;
+        self.reply(id, PresenceResult { clients });
+        Ok(())
+    }
+
+    async fn presence_stats(&mut self, id: u64, params: ChannelParams) -> Result<(), CommandError> {
+        self.presence_channel(&params.channel)?;
+        let stats = self.node.broker.presence_stats(&params.channel).await?;
+        self.reply(
+            id,
+            PresenceStatsResult {
+                clients: stats.clients,
+                users: stats.users,
+            },
+        );
+        Ok(())
+    }
+
+    fn presence_channel(&self, channel: &str) -> Result<(), CommandError> {
+        let namespace = self.node.rules.resolve(channel)?;
+        if !namespace.config.presence {
+            return Err(CommandError::refused(
+                Code::NotAvailable,
+                "presence is disabled in this namespace",
+            ));
+        }
+        self.authorize_access(channel, namespace)
+    }
+
+    async fn history(&mut self, id: u64, params: HistoryParams) -> Result<(), CommandError> {
+        let namespace = self.node.rules.resolve(&params.channel)?.clone();
+        if namespace.config.history_size == 0 {
+            return Err(CommandError::refused(
+                Code::NotAvailable,
+                "history is disabled in this namespace",
+            ));
+        }
+        self.authorize_access(&params.channel, &namespace)?;
+        let max = self.node.config.limits.max_history_limit;
+        let limit = params.limit.unwrap_or(max).min(max) as usize;
+        let since = params.since.map_or(Since::Latest, Since::After);
+        let page = self
+            .node
+            .broker
+            .history(&params.channel, since, limit, namespace.stream)
+            .await?;
+        let mut publications = Vec::with_capacity(page.publications.len());
+        for publication in &page.publications {
+            let data: serde_json::Value = serde_json::from_str(publication.data.get())
+                .map_err(switchboard_protocol::CodecError::from)?;
+            publications.push(wire_publication(publication, data));
+        }
+        self.reply(
+            id,
+            HistoryResult {
+                epoch: page.epoch.to_string(),
+                offset: page.top,
+                publications,
+            },
+        );
+        Ok(())
+    }
+
+    fn refresh(&mut self, id: u64, params: RefreshParams) -> Result<(), CommandError> {
+        let claims = self
+            .node
+            .verifier
+            .verify_connection(&params.token)
+            .map_err(|error| {
+                self.node
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[error.reason()])
+                    .inc();
+                error
+            })?;
+        let identity = self
+            .identity
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("checked in handle"));
+        if claims.sub.as_deref() != Some(identity.user.as_str()) {
+            return Err(CommandError::Auth(AuthError::Claim(
+                "refresh token is for another user",
+            )));
+        }
+        identity.expires_at = claims.exp;
+        identity.refresh_sent = false;
+        identity.claims = claims;
+        let expires_at = identity.expires_at;
+        self.reply(id, RefreshResult { expires_at });
+        Ok(())
+    }
+}
+
+fn subscribe_result(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    recovered: Option<bool>,
+    missed: Option<u64>,
+) -> SubscribeResult {
+    SubscribeResult {
+        channel: channel.to_string(),
+        epoch: epoch.to_string(),
+        offset,
+        recovered,
+        missed,
+    }
+}

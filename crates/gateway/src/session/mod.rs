@@ -1,0 +1,408 @@
+//! One WebSocket connection: a reader loop (this module) and a writer task (`writer`).
+//!
+//! The reader decodes commands and answers them through the connection's outbox, one
+//! command at a time, so replies come back in command order. It also runs the
+//! connection's timers: the authentication deadline, heartbeat pings and their timeout,
+//! and token expiry (a `refresh` push before `exp`, a disconnect after the grace period).
+//! On exit it removes every trace of the connection from the hub, the broker's presence
+//! and the node's counters.
+
+mod commands;
+mod writer;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use rand::Rng;
+use switchboard_protocol::{
+    codec, push::Push, push::RefreshNeeded, reply::Reply, Code, Encoding, ErrorBody,
+};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::{
+    auth::{unix_now, Claims},
+    channel::Namespace,
+    error::CommandError,
+    hub::{to_message, ConnId},
+    node::Node,
+    outbox::{outbox, CloseRequest, ConnControl, Outbox},
+    ratelimit::TokenBucket,
+};
+
+/// Serves one upgraded WebSocket until it closes.
+pub(crate) async fn run(
+    node: Arc<Node>,
+    socket: WebSocket,
+    encoding: Encoding,
+    bearer: Option<String>,
+    remote: SocketAddr,
+) {
+    let conn = node.next_conn_id();
+    let client_id = format!("{}-{conn}", node.id);
+    let span = tracing::info_span!("conn", conn = %client_id, %remote, encoding = encoding.name(), user = tracing::field::Empty);
+    async move {
+        let metrics = node.metrics.clone();
+        metrics.connections_total.inc();
+        let control = Arc::new(ConnControl::default());
+        let limits = &node.config.limits;
+        let (outbox, rx) = outbox(
+            limits.outbound_queue_frames,
+            limits.outbound_queue_bytes,
+            control.clone(),
+        );
+        let (sink, stream) = socket.split();
+        let writer = tokio::spawn(writer::run(
+            sink,
+            rx,
+            control.clone(),
+            encoding,
+            metrics.clone(),
+        ));
+        let counted = node.try_add_connection();
+        if counted {
+            metrics.connections.inc();
+            let mut session = Session::new(
+                node.clone(),
+                conn,
+                client_id,
+                encoding,
+                outbox,
+                control.clone(),
+                bearer,
+            );
+            session.read_loop(stream).await;
+            session.cleanup().await;
+            metrics.connections.dec();
+            node.remove_connection();
+        } else {
+            control.close(CloseRequest {
+                code: Code::NodeFull,
+                reason: "node is at its connection limit".into(),
+                reconnect_after_ms: Some(jitter(&node)),
+                flush_queue: false,
+            });
+        }
+        if let Some(request) = control.request() {
+            metrics
+                .disconnects
+                .with_label_values(&[request.code.slug()])
+                .inc();
+            if request.code == Code::SlowConsumer {
+                metrics.slow_consumers.inc();
+            }
+            tracing::debug!(code = %request.code, reason = %request.reason, "closing");
+        }
+        let grace = Duration::from_millis(node.config.node.shutdown_timeout_ms);
+        if tokio::time::timeout(grace, writer).await.is_err() {
+            tracing::warn!("writer did not finish in time");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// A random delay in `[0, shutdown_reconnect_jitter_ms]`, advised to reconnecting clients.
+fn jitter(node: &Node) -> u64 {
+    rand::rng().random_range(0..=node.config.node.shutdown_reconnect_jitter_ms)
+}
+
+/// The authenticated identity of a connection.
+pub(crate) struct Identity {
+    user: String,
+    claims: Claims,
+    expires_at: Option<u64>,
+    refresh_sent: bool,
+}
+
+/// State of one connection, owned by its reader task.
+pub(crate) struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    client_id: String,
+    encoding: Encoding,
+    outbox: Outbox,
+    control: Arc<ConnControl>,
+    bearer: Option<String>,
+    identity: Option<Identity>,
+    subscriptions: HashMap<String, Arc<Namespace>>,
+    bucket: TokenBucket,
+    started: Instant,
+    last_seen: Instant,
+    next_ping: Instant,
+}
+
+impl Session {
+    fn new(
+        node: Arc<Node>,
+        conn: ConnId,
+        client_id: String,
+        encoding: Encoding,
+        outbox: Outbox,
+        control: Arc<ConnControl>,
+        bearer: Option<String>,
+    ) -> Session {
+        let now = Instant::now();
+        let limits = &node.config.limits;
+        let bucket = TokenBucket::new(limits.commands_per_second, limits.command_burst);
+        let next_ping = now + Duration::from_millis(node.config.heartbeat.ping_interval_ms);
+        Session {
+            node,
+            conn,
+            client_id,
+            encoding,
+            outbox,
+            control,
+            bearer,
+            identity: None,
+            subscriptions: HashMap::new(),
+            bucket,
+            started: now,
+            last_seen: now,
+            next_ping,
+        }
+    }
+
+    async fn read_loop(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+        let node = self.node.clone();
+        let control = self.control.clone();
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                () = control.closed() => break,
+                () = node.shutdown.cancelled() => {
+                    self.close(Code::Shutdown, "node is shutting down", Some(jitter(&node)), true);
+                }
+                frame = stream.next() => match frame {
+                    None => break,
+                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Err(error)) => self.on_read_error(&error),
+                },
+                () = tokio::time::sleep_until(deadline) => self.on_timer(),
+            }
+        }
+        // If the client went away first, stop the writer too.
+        control.terminate();
+    }
+
+    fn on_read_error(&self, error: &axum::Error) {
+        let too_large = std::error::Error::source(error)
+            .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+        if too_large {
+            let limit = self.node.config.limits.max_message_bytes;
+            self.close(
+                Code::MessageTooLarge,
+                &format!("message larger than {limit} bytes"),
+                None,
+                false,
+            );
+        } else {
+            tracing::debug!(%error, "read failed");
+            self.control.terminate();
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) {
+        self.last_seen = Instant::now();
+        let frame = match (&message, self.encoding) {
+            (Message::Text(text), Encoding::Json) => text.as_bytes(),
+            (Message::Binary(bytes), Encoding::MsgPack) => bytes.as_ref(),
+            (Message::Text(_), Encoding::MsgPack) => {
+                return self.close(
+                    Code::ProtocolError,
+                    "text frame on a MessagePack connection",
+                    None,
+                    false,
+                );
+            }
+            (Message::Binary(_), Encoding::Json) => {
+                return self.close(
+                    Code::ProtocolError,
+                    "binary frame on a JSON connection",
+                    None,
+                    false,
+                );
+            }
+            (Message::Close(_), _) => return self.control.terminate(),
+            (Message::Ping(_) | Message::Pong(_), _) => return,
+        };
+        self.node.metrics.messages_in.inc();
+        self.node.metrics.bytes_in.inc_by(frame.len() as u64);
+        match codec::decode_command(self.encoding, frame) {
+            Ok(command) => {
+                let id = command.id;
+                if !self.bucket.try_take() {
+                    let error =
+                        CommandError::refused(Code::TooManyRequests, "command rate limit exceeded");
+                    return self.reply_error(id, &error);
+                }
+                self.handle(command).await;
+            }
+            Err(error) => match error.id {
+                Some(id) => self.reply_error(id, &CommandError::refused(error.code, error.message)),
+                None => self.close(error.code, &error.message, None, false),
+            },
+        }
+    }
+
+    /// The earliest timer this connection is waiting for.
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = self.next_ping;
+        match &self.identity {
+            None => deadline = deadline.min(self.started + self.auth_timeout()),
+            Some(identity) => {
+                if let Some(at) = self.refresh_at(identity) {
+                    deadline = deadline.min(at);
+                }
+                if let Some(at) = self.expire_at(identity) {
+                    deadline = deadline.min(at);
+                }
+            }
+        }
+        deadline
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.identity.is_none() && now >= self.started + self.auth_timeout() {
+            return self.close(
+                Code::AuthTimeout,
+                "no connect command within the auth timeout",
+                None,
+                false,
+            );
+        }
+        if let Some(identity) = &self.identity {
+            if self.expire_at(identity).is_some_and(|at| now >= at) {
+                return self.close(
+                    Code::ConnectionExpired,
+                    "token expired and was not refreshed",
+                    None,
+                    false,
+                );
+            }
+            if let (Some(at), Some(expires_at)) = (self.refresh_at(identity), identity.expires_at) {
+                if now >= at {
+                    self.push(&Push::<()>::Refresh(RefreshNeeded { expires_at }));
+                    if let Some(identity) = &mut self.identity {
+                        identity.refresh_sent = true;
+                    }
+                }
+            }
+        }
+        if now >= self.next_ping {
+            let heartbeat = &self.node.config.heartbeat;
+            let silence =
+                Duration::from_millis(heartbeat.ping_interval_ms + heartbeat.pong_timeout_ms);
+            if now.duration_since(self.last_seen) >= silence {
+                return self.close(
+                    Code::HeartbeatTimeout,
+                    "no pong within the heartbeat timeout",
+                    None,
+                    false,
+                );
+            }
+            self.outbox.push(Message::Ping(bytes::Bytes::new()), None);
+            self.next_ping = now + Duration::from_millis(heartbeat.ping_interval_ms);
+        }
+    }
+
+    fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.node.config.auth.auth_timeout_ms)
+    }
+
+    /// When to send the `refresh` push (once per token).
+    fn refresh_at(&self, identity: &Identity) -> Option<Instant> {
+        let expires_at = identity.expires_at.filter(|_| !identity.refresh_sent)?;
+        let at = expires_at.saturating_sub(self.node.config.auth.refresh_ahead_secs);
+        Some(instant_at(at))
+    }
+
+    /// When an unrefreshed connection is closed.
+    fn expire_at(&self, identity: &Identity) -> Option<Instant> {
+        let expires_at = identity.expires_at?;
+        Some(instant_at(
+            expires_at + self.node.config.auth.expired_grace_secs,
+        ))
+    }
+
+    fn close(&self, code: Code, reason: &str, reconnect_after_ms: Option<u64>, flush_queue: bool) {
+        self.control.close(CloseRequest {
+            code,
+            reason: reason.to_string(),
+            reconnect_after_ms,
+            flush_queue,
+        });
+    }
+
+    /// Queues a push for this connection.
+    fn push<D: serde::Serialize>(&self, push: &Push<D>) {
+        match codec::encode(self.encoding, push).and_then(|b| to_message(self.encoding, b)) {
+            Ok(message) => {
+                self.outbox.push(message, None);
+            }
+            Err(error) => tracing::error!(%error, "cannot encode push"),
+        }
+    }
+
+    /// Queues a successful reply.
+    fn reply<R: serde::Serialize>(&self, id: u64, result: R) {
+        let reply = Reply {
+            id,
+            result: Some(result),
+            error: None,
+        };
+        match codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
+            Ok(message) => {
+                self.outbox.push(message, None);
+            }
+            Err(error) => self.reply_error(id, &CommandError::Codec(error)),
+        }
+    }
+
+    /// Queues an error reply and counts it.
+    fn reply_error(&self, id: u64, error: &CommandError) {
+        let code = error.code();
+        self.node
+            .metrics
+            .command_errors
+            .with_label_values(&[code.slug()])
+            .inc();
+        tracing::debug!(%code, %error, "command failed");
+        let reply: Reply<()> = Reply {
+            id,
+            result: None,
+            error: Some(ErrorBody::new(code, error.to_string())),
+        };
+        if let Ok(message) =
+            codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b))
+        {
+            self.outbox.push(message, None);
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.leave(&channel).await;
+        }
+        if let Some(identity) = &self.identity {
+            self.node.remove_user_connection(&identity.user);
+        }
+    }
+}
+
+/// Converts a Unix time in seconds into a (tokio) instant.
+fn instant_at(unix_secs: u64) -> Instant {
+    let now_unix = unix_now();
+    let now = Instant::now();
+    if unix_secs >= now_unix {
+        now + Duration::from_secs(unix_secs - now_unix)
+    } else {
+        now.checked_sub(Duration::from_secs(now_unix - unix_secs))
+            .unwrap_or(now)
+    }
+}
