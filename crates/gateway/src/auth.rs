@@ -17,7 +17,7 @@ pub enum AuthError {
     #[error("token expired")]
     Expired,
     /// Signature, algorithm, claims or format are wrong.
-    #[error("invalid token: {0}")]
+    #[error("invalid token: {}", describe(.0))]
     Invalid(#[source] jsonwebtoken::errors::Error),
     /// A required claim is missing or does not match.
     #[error("invalid token: {0}")]
@@ -36,6 +36,21 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(err),
         }
+    }
+}
+
+/// A human-readable explanation of a `jsonwebtoken` error.
+fn describe(error: &jsonwebtoken::errors::Error) -> String {
+    match error.kind() {
+        ErrorKind::InvalidSignature => "signature does not verify".into(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "signed with an algorithm other than the configured one".into()
+        }
+        ErrorKind::ImmatureSignature => "not valid yet (nbf)".into(),
+        ErrorKind::InvalidIssuer => "wrong issuer (iss)".into(),
+        ErrorKind::InvalidAudience => "wrong audience (aud)".into(),
+        ErrorKind::InvalidToken => "not a JWT".into(),
+        _ => format!("malformed ({error})"),
     }
 }
 
@@ -92,13 +107,10 @@ pub struct Claims {
 impl Claims {
     /// Whether the `channels` claim grants `channel`.
     pub fn grants_channel(&self, channel: &str) -> bool {
-        self.channels
-            .iter()
-            .flatten()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => channel.starts_with(prefix),
-                None => pattern == channel,
-            })
+        self.channels.iter().flatten().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => channel.starts_with(prefix),
+            None => pattern == channel,
+        })
     }
 }
 
@@ -110,9 +122,7 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier")
-            .field("algorithm", &self.validation.algorithms)
-            .finish()
+        f.debug_struct("Verifier").field("algorithm", &self.validation.algorithms).finish()
     }
 }
 
@@ -140,16 +150,11 @@ impl Verifier {
     pub fn from_config(config: &AuthConfig) -> Result<Verifier, AuthError> {
         let algorithm = parse_algorithm(&config.algorithm)?;
         let key = if algorithm == Algorithm::HS256 {
-            let secret = config
-                .hmac_secret
-                .as_deref()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    AuthError::Config(
-                        "HS256 needs auth.hmac_secret (or SWITCHBOARD_AUTH__HMAC_SECRET, or --dev)"
-                            .into(),
-                    )
-                })?;
+            let secret = config.hmac_secret.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
+                AuthError::Config(
+                    "HS256 needs auth.hmac_secret (or SWITCHBOARD_AUTH__HMAC_SECRET, or --dev)".into(),
+                )
+            })?;
             DecodingKey::from_secret(secret.as_bytes())
         } else {
             let pem = match (&config.public_key_pem, &config.public_key_file) {
@@ -202,17 +207,10 @@ impl Verifier {
     ///
     /// # Errors
     /// [`AuthError`] when the token is invalid or names another channel or user.
-    pub fn verify_subscription(
-        &self,
-        token: &str,
-        user: &str,
-        channel: &str,
-    ) -> Result<Claims, AuthError> {
+    pub fn verify_subscription(&self, token: &str, user: &str, channel: &str) -> Result<Claims, AuthError> {
         let claims = self.verify(token)?;
         if claims.channel.as_deref() != Some(channel) {
-            return Err(AuthError::Claim(
-                "subscription token is for another channel",
-            ));
+            return Err(AuthError::Claim("subscription token is for another channel"));
         }
         if claims.sub.as_deref().unwrap_or("") != user {
             return Err(AuthError::Claim("subscription token is for another user"));
@@ -242,9 +240,7 @@ pub fn mint(algorithm: &str, key_material: &[u8], claims: &Claims) -> Result<Str
 
 /// Current Unix time in seconds.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -252,45 +248,22 @@ mod tests {
     use super::*;
 
     fn hs_config() -> AuthConfig {
-        AuthConfig {
-            hmac_secret: Some("secret".into()),
-            ..AuthConfig::default()
-        }
+        AuthConfig { hmac_secret: Some("secret".into()), ..AuthConfig::default() }
     }
 
     fn claims(sub: &str, exp_in: i64) -> Claims {
-        Claims {
-            sub: Some(sub.into()),
-            exp: Some((unix_now() as i64 + exp_in) as u64),
-            ..Claims::default()
-        }
+        Claims { sub: Some(sub.into()), exp: Some((unix_now() as i64 + exp_in) as u64), ..Claims::default() }
     }
 
     #[test]
     fn accepts_valid_and_rejects_expired_and_forged() {
         let verifier = Verifier::from_config(&hs_config()).expect("verifier");
         let good = mint("HS256", b"secret", &claims("u1", 60)).expect("mint");
-        assert_eq!(
-            verifier
-                .verify_connection(&good)
-                .expect("valid")
-                .sub
-                .as_deref(),
-            Some("u1")
-        );
+        assert_eq!(verifier.verify_connection(&good).expect("valid").sub.as_deref(), Some("u1"));
         let expired = mint("HS256", b"secret", &claims("u1", -60)).expect("mint");
-        assert!(matches!(
-            verifier.verify_connection(&expired),
-            Err(AuthError::Expired)
-        ));
+        assert!(matches!(verifier.verify_connection(&expired), Err(AuthError::Expired)));
         let forged = mint("HS256", b"other", &claims("u1", 60)).expect("mint");
-        assert_eq!(
-            verifier
-                .verify_connection(&forged)
-                .expect_err("forged")
-                .reason(),
-            "bad_signature"
-        );
+        assert_eq!(verifier.verify_connection(&forged).expect_err("forged").reason(), "bad_signature");
     }
 
     #[test]
@@ -300,18 +273,12 @@ mod tests {
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSJ9.";
         assert!(verifier.verify_connection(none).is_err());
         let no_sub = mint("HS256", b"secret", &Claims::default()).expect("mint");
-        assert!(matches!(
-            verifier.verify_connection(&no_sub),
-            Err(AuthError::Claim(_))
-        ));
+        assert!(matches!(verifier.verify_connection(&no_sub), Err(AuthError::Claim(_))));
     }
 
     #[test]
     fn channels_claim_supports_prefixes() {
-        let claims = Claims {
-            channels: Some(vec!["news".into(), "dao:*".into()]),
-            ..Claims::default()
-        };
+        let claims = Claims { channels: Some(vec!["news".into(), "dao:*".into()]), ..Claims::default() };
         assert!(claims.grants_channel("news"));
         assert!(claims.grants_channel("dao:proposal-7"));
         assert!(!claims.grants_channel("newsroom"));

@@ -62,19 +62,10 @@ impl ChannelRules {
                     history_size: config.history_size,
                     history_ttl: Duration::from_secs(config.history_ttl_secs),
                 };
-                (
-                    config.name.clone(),
-                    Arc::new(Namespace {
-                        config: config.clone(),
-                        stream,
-                    }),
-                )
+                (config.name.clone(), Arc::new(Namespace { config: config.clone(), stream }))
             })
             .collect();
-        ChannelRules {
-            namespaces,
-            max_length,
-        }
+        ChannelRules { namespaces, max_length }
     }
 
     /// Checks `channel` and returns its namespace.
@@ -82,31 +73,22 @@ impl ChannelRules {
     /// # Errors
     /// [`ChannelError`] for a malformed name or an unknown namespace.
     pub fn resolve(&self, channel: &str) -> Result<&Arc<Namespace>, ChannelError> {
-        let invalid = |why| ChannelError::Invalid {
-            name: channel.chars().take(64).collect(),
-            why,
-        };
+        let invalid = |why| ChannelError::Invalid { name: channel.chars().take(64).collect(), why };
         if channel.is_empty() {
             return Err(invalid("empty"));
         }
         if channel.len() > self.max_length {
             return Err(invalid("too long"));
         }
-        if !channel
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || ALLOWED_PUNCTUATION.as_bytes().contains(&b))
+        if !channel.bytes().all(|b| b.is_ascii_alphanumeric() || ALLOWED_PUNCTUATION.as_bytes().contains(&b))
         {
-            return Err(invalid(
-                "only ASCII letters, digits and _-.:@=,/ are allowed",
-            ));
+            return Err(invalid("only ASCII letters, digits and _-.:@=,/ are allowed"));
         }
         let namespace = channel.split_once(':').map_or("", |(ns, _)| ns);
         if channel.ends_with(':') {
             return Err(invalid("nothing after the namespace"));
         }
-        self.namespaces
-            .get(namespace)
-            .ok_or_else(|| ChannelError::UnknownNamespace(namespace.to_string()))
+        self.namespaces.get(namespace).ok_or_else(|| ChannelError::UnknownNamespace(namespace.to_string()))
     }
 }
 
@@ -123,10 +105,7 @@ impl Namespace {
             SubscribePolicy::Any => true,
             SubscribePolicy::Authenticated => !user.is_empty(),
             SubscribePolicy::Owner => {
-                !user.is_empty()
-                    && channel
-                        .split_once(':')
-                        .is_some_and(|(_, owner)| owner == user)
+                !user.is_empty() && channel.split_once(':').is_some_and(|(_, owner)| owner == user)
             }
             SubscribePolicy::Token => false,
         }
@@ -145,30 +124,12 @@ mod tests {
     fn resolves_namespaces() {
         let rules = rules();
         assert_eq!(rules.resolve("news").expect("default").config.name, "");
-        assert_eq!(
-            rules.resolve("chat:room-1").expect("chat").config.name,
-            "chat"
-        );
-        assert_eq!(
-            rules.resolve("nope:x").expect_err("ns"),
-            ChannelError::UnknownNamespace("nope".into())
-        );
-        assert!(matches!(
-            rules.resolve(""),
-            Err(ChannelError::Invalid { .. })
-        ));
-        assert!(matches!(
-            rules.resolve("a b"),
-            Err(ChannelError::Invalid { .. })
-        ));
-        assert!(matches!(
-            rules.resolve("chat:"),
-            Err(ChannelError::Invalid { .. })
-        ));
-        assert!(matches!(
-            rules.resolve(&"x".repeat(33)),
-            Err(ChannelError::Invalid { .. })
-        ));
+        assert_eq!(rules.resolve("chat:room-1").expect("chat").config.name, "chat");
+        assert_eq!(rules.resolve("nope:x").expect_err("ns"), ChannelError::UnknownNamespace("nope".into()));
+        assert!(matches!(rules.resolve(""), Err(ChannelError::Invalid { .. })));
+        assert!(matches!(rules.resolve("a b"), Err(ChannelError::Invalid { .. })));
+        assert!(matches!(rules.resolve("chat:"), Err(ChannelError::Invalid { .. })));
+        assert!(matches!(rules.resolve(&"x".repeat(33)), Err(ChannelError::Invalid { .. })));
     }
 
     #[test]

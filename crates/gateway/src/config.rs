@@ -99,9 +99,7 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig {
-            url: "memory://".into(),
-        }
+        BrokerConfig { url: "memory://".into() }
     }
 }
 
@@ -167,10 +165,7 @@ pub struct HeartbeatConfig {
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        HeartbeatConfig {
-            ping_interval_ms: 25_000,
-            pong_timeout_ms: 10_000,
-        }
+        HeartbeatConfig { ping_interval_ms: 25_000, pong_timeout_ms: 10_000 }
     }
 }
 
@@ -253,10 +248,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        LogConfig { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -358,16 +350,12 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError::Invalid(format!(
-                    "{} does not exist",
-                    file.display()
-                )));
+                return Err(ConfigError::Invalid(format!("{} does not exist", file.display())));
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment
-            .merge(Env::prefixed("SWITCHBOARD_").split("__"))
-            .merge(Serialized::defaults(overrides));
+        figment =
+            figment.merge(Env::prefixed("SWITCHBOARD_").split("__")).merge(Serialized::defaults(overrides));
         let mut config: Config = figment.extract().map_err(Box::new)?;
         config.normalize()?;
         Ok(config)
@@ -378,32 +366,20 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the offending field.
     pub fn normalize(&mut self) -> Result<(), ConfigError> {
-        if !self
-            .namespaces
-            .iter()
-            .any(|ns| ns.name == NamespaceConfig::PERSONAL)
-        {
+        if !self.namespaces.iter().any(|ns| ns.name == NamespaceConfig::PERSONAL) {
             self.namespaces.push(NamespaceConfig::personal());
         }
         let mut names = std::collections::HashSet::new();
         for ns in &self.namespaces {
             if !names.insert(ns.name.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "namespace `{}` is defined twice",
-                    ns.name
-                )));
+                return Err(ConfigError::Invalid(format!("namespace `{}` is defined twice", ns.name)));
             }
             if ns.name.contains(':') {
-                return Err(ConfigError::Invalid(format!(
-                    "namespace `{}` contains `:`",
-                    ns.name
-                )));
+                return Err(ConfigError::Invalid(format!("namespace `{}` contains `:`", ns.name)));
             }
         }
         if self.limits.outbound_queue_frames == 0 || self.limits.outbound_queue_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "limits.outbound_queue_* must be positive".into(),
-            ));
+            return Err(ConfigError::Invalid("limits.outbound_queue_* must be positive".into()));
         }
         if self.limits.commands_per_second == 0 || self.limits.command_burst == 0 {
             return Err(ConfigError::Invalid(
@@ -411,9 +387,7 @@ impl Config {
             ));
         }
         if self.heartbeat.ping_interval_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "heartbeat.ping_interval_ms must be positive".into(),
-            ));
+            return Err(ConfigError::Invalid("heartbeat.ping_interval_ms must be positive".into()));
         }
         Ok(())
     }
@@ -443,16 +417,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("c.toml");
-        std::fs::write(
-            &file,
-            "[auth]\nhmac_secret = \"s\"\n[limits]\nmax_connections = 7\n",
-        )
-        .expect("write");
-        let config = Config::load(
-            Some(&file),
-            serde_json::json!({"limits": {"max_connections": 9}}),
-        )
-        .expect("load");
+        std::fs::write(&file, "[auth]\nhmac_secret = \"s\"\n[limits]\nmax_connections = 7\n").expect("write");
+        let config =
+            Config::load(Some(&file), serde_json::json!({"limits": {"max_connections": 9}})).expect("load");
         assert_eq!(config.auth.hmac_secret.as_deref(), Some("s"));
         assert_eq!(config.limits.max_connections, 9);
     }

@@ -32,10 +32,7 @@ pub enum CommandError {
 impl CommandError {
     /// A refusal with `code`.
     pub fn refused(code: Code, message: impl Into<String>) -> CommandError {
-        CommandError::Refused {
-            code,
-            message: message.into(),
-        }
+        CommandError::Refused { code, message: message.into() }
     }
 
     /// The protocol code of this error.

@@ -53,10 +53,7 @@ impl IntoResponse for HttpError {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { HttpError::NotFound })
@@ -65,11 +62,7 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let ready = node.is_ready();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "ready": ready,
         "draining": node.is_draining(),
@@ -80,11 +73,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        node.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, content_type)], node.metrics.render()).into_response()
 }
 
 async fn websocket(
@@ -116,9 +105,8 @@ async fn websocket(
         .write_buffer_size(limits.write_buffer_bytes)
         .max_write_buffer_size(limits.write_buffer_bytes.max(limits.outbound_queue_bytes) * 2);
     let tracker = node.sessions.clone();
-    Ok(upgrade.on_upgrade(move |socket| {
-        tracker.track_future(session::run(node, socket, encoding, bearer, remote))
-    }))
+    Ok(upgrade
+        .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, encoding, bearer, remote))))
 }
 
 /// Picks the first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`

@@ -48,12 +48,7 @@ pub struct Delivery {
 impl Delivery {
     /// Wraps an event of `channel` received now.
     pub fn new(channel: Arc<str>, event: ChannelEvent) -> Delivery {
-        Delivery {
-            channel,
-            event,
-            frames: [OnceLock::new(), OnceLock::new()],
-            received_at: Instant::now(),
-        }
+        Delivery { channel, event, frames: [OnceLock::new(), OnceLock::new()], received_at: Instant::now() }
     }
 
     /// The frame for `encoding`, encoded on first use and shared afterwards. `None` when
@@ -74,10 +69,7 @@ impl Delivery {
         match &self.event {
             ChannelEvent::Publication(publication) => encode_publication(publication, encoding),
             ChannelEvent::Join(client) | ChannelEvent::Leave(client) => {
-                let body = ChannelClient {
-                    channel: self.channel.to_string(),
-                    client: client.clone(),
-                };
+                let body = ChannelClient { channel: self.channel.to_string(), client: client.clone() };
                 let push: Push<()> = match self.event {
                     ChannelEvent::Join(_) => Push::Join(body),
                     _ => Push::Leave(body),
@@ -90,11 +82,9 @@ impl Delivery {
     /// The stream position of a publication event.
     fn position(&self) -> Option<(&str, u64)> {
         match &self.event {
-            ChannelEvent::Publication(Publication {
-                epoch: Some(epoch),
-                offset: Some(offset),
-                ..
-            }) => Some((epoch, *offset)),
+            ChannelEvent::Publication(Publication { epoch: Some(epoch), offset: Some(offset), .. }) => {
+                Some((epoch, *offset))
+            }
             _ => None,
         }
     }
@@ -105,10 +95,7 @@ impl Delivery {
 ///
 /// # Errors
 /// [`CodecError`] when the payload cannot be represented in `encoding`.
-pub fn encode_publication(
-    publication: &Publication,
-    encoding: Encoding,
-) -> Result<Message, CodecError> {
+pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Result<Message, CodecError> {
     let bytes = match encoding {
         Encoding::Json => {
             let push: Push<&serde_json::value::RawValue> =
@@ -117,10 +104,7 @@ pub fn encode_publication(
         }
         Encoding::MsgPack => {
             let data: serde_json::Value = serde_json::from_str(publication.data.get())?;
-            codec::encode(
-                encoding,
-                &Push::Publication(wire_publication(publication, data)),
-            )?
+            codec::encode(encoding, &Push::Publication(wire_publication(publication, data)))?
         }
     };
     to_message(encoding, bytes)
@@ -182,21 +166,11 @@ impl Hub {
     /// An empty hub. A subscription that buffers more than `max_buffered` events while
     /// recovering is closed as a slow consumer.
     pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Hub {
-        Hub {
-            channels: DashMap::new(),
-            metrics,
-            max_buffered,
-        }
+        Hub { channels: DashMap::new(), metrics, max_buffered }
     }
 
     /// Adds a buffering subscription. Returns `false` if `conn` is already subscribed.
-    pub fn subscribe(
-        &self,
-        channel: &str,
-        conn: ConnId,
-        outbox: Outbox,
-        encoding: Encoding,
-    ) -> bool {
+    pub fn subscribe(&self, channel: &str, conn: ConnId, outbox: Outbox, encoding: Encoding) -> bool {
         let mut entry = self.channels.entry(Arc::from(channel)).or_insert_with(|| {
             self.metrics.channels.inc();
             HashMap::new()
@@ -204,14 +178,7 @@ impl Hub {
         if entry.contains_key(&conn) {
             return false;
         }
-        entry.insert(
-            conn,
-            Subscriber {
-                outbox,
-                encoding,
-                state: State::Buffering(Vec::new()),
-            },
-        );
+        entry.insert(conn, Subscriber { outbox, encoding, state: State::Buffering(Vec::new()) });
         self.metrics.subscriptions.inc();
         true
     }
@@ -226,15 +193,12 @@ impl Hub {
         let Some(subscriber) = subscribers.get_mut(&conn) else {
             return;
         };
-        let State::Buffering(buffered) = std::mem::replace(&mut subscriber.state, State::Live)
-        else {
+        let State::Buffering(buffered) = std::mem::replace(&mut subscriber.state, State::Live) else {
             return;
         };
         for delivery in buffered {
             let already_sent = match (delivery.position(), delivered) {
-                (Some((epoch, offset)), Some((sent_epoch, sent))) => {
-                    epoch == sent_epoch && offset <= sent
-                }
+                (Some((epoch, offset)), Some((sent_epoch, sent))) => epoch == sent_epoch && offset <= sent,
                 _ => false,
             };
             if !already_sent {
@@ -280,9 +244,7 @@ impl EventSink for Hub {
         for subscriber in subscribers.values_mut() {
             match &mut subscriber.state {
                 State::Live => subscriber.push(&delivery),
-                State::Buffering(buffer) if buffer.len() < max_buffered => {
-                    buffer.push(delivery.clone())
-                }
+                State::Buffering(buffer) if buffer.len() < max_buffered => buffer.push(delivery.clone()),
                 State::Buffering(_) => subscriber.outbox.close_as_slow_consumer(),
             }
         }

@@ -12,11 +12,7 @@ use switchboard_gateway::{
 };
 
 #[derive(Parser)]
-#[command(
-    name = "switchboard",
-    version,
-    about = "Real-time pub/sub gateway over WebSocket"
-)]
+#[command(name = "switchboard", version, about = "Real-time pub/sub gateway over WebSocket")]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -98,9 +94,7 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -109,12 +103,7 @@ fn init_tracing(config: &Config) {
 }
 
 fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
-    let info = args
-        .info
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .context("--info must be JSON")?;
+    let info = args.info.as_deref().map(serde_json::from_str).transpose().context("--info must be JSON")?;
     let claims = Claims {
         sub: Some(args.user.clone()),
         exp: Some(auth::unix_now() + args.ttl),
@@ -126,16 +115,12 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
         ..Claims::default()
     };
     let key = match &args.private_key_file {
-        Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-        }
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         None => config
             .auth
             .hmac_secret
             .clone()
-            .context(
-                "no auth.hmac_secret configured (set SWITCHBOARD_AUTH__HMAC_SECRET or pass --dev)",
-            )?
+            .context("no auth.hmac_secret configured (set SWITCHBOARD_AUTH__HMAC_SECRET or pass --dev)")?
             .into_bytes(),
     };
     Ok(auth::mint(&config.auth.algorithm, &key, &claims)?)
@@ -151,7 +136,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             init_tracing(&config);
             if cli.common.dev {
-                tracing::warn!("--dev: using the development HMAC secret unless one is configured; never in production");
+                tracing::warn!(
+                    "--dev: using the development HMAC secret unless one is configured; never in production"
+                );
             }
             let listener = tokio::net::TcpListener::bind(config.node.listen)
                 .await

@@ -5,8 +5,7 @@
 //! values are added once per batch by the writer rather than once per frame.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of the gateway. Names are prefixed `switchboard_`.
@@ -55,24 +54,18 @@ impl Metrics {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(format!("switchboard_{name}"), help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique gauge");
+            registry.register(Box::new(g.clone())).expect("unique gauge");
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(format!("switchboard_{name}"), help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
+            registry.register(Box::new(c.clone())).expect("unique counter");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(format!("switchboard_{name}"), help), &[label])
-                .expect("valid");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter vec");
+            let c =
+                IntCounterVec::new(Opts::new(format!("switchboard_{name}"), help), &[label]).expect("valid");
+            registry.register(Box::new(c.clone())).expect("unique counter vec");
             c
         };
         let publish_to_write = Histogram::with_opts(
@@ -81,51 +74,30 @@ impl Metrics {
                 "Time from this node receiving a publication to writing it to a client socket",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
         )
         .expect("valid histogram");
-        registry
-            .register(Box::new(publish_to_write.clone()))
-            .expect("unique histogram");
+        registry.register(Box::new(publish_to_write.clone())).expect("unique histogram");
         Metrics {
             connections: gauge("connections", "Open WebSocket connections"),
             connections_total: counter("connections_total", "WebSocket connections accepted"),
-            subscriptions: gauge(
-                "subscriptions",
-                "Channel subscriptions of local connections",
-            ),
+            subscriptions: gauge("subscriptions", "Channel subscriptions of local connections"),
             channels: gauge("channels", "Channels with at least one local subscriber"),
             messages_in: counter("messages_in_total", "Frames received from clients"),
             bytes_in: counter("bytes_in_total", "Bytes received from clients"),
             messages_out: counter("messages_out_total", "Frames written to clients"),
             bytes_out: counter("bytes_out_total", "Bytes written to clients"),
             publications: counter("publications_total", "Publications accepted by this node"),
-            deliveries: counter(
-                "deliveries_total",
-                "Frames queued to local subscribers by the hub",
-            ),
+            deliveries: counter("deliveries_total", "Frames queued to local subscribers by the hub"),
             publish_to_write,
             slow_consumers: counter(
                 "slow_consumer_disconnects_total",
                 "Connections closed as slow consumers",
             ),
-            auth_failures: counter_vec(
-                "auth_failures_total",
-                "Failed token verifications",
-                "reason",
-            ),
-            command_errors: counter_vec(
-                "command_errors_total",
-                "Commands answered with an error",
-                "code",
-            ),
-            disconnects: counter_vec(
-                "disconnects_total",
-                "Connections closed by the server",
-                "code",
-            ),
+            auth_failures: counter_vec("auth_failures_total", "Failed token verifications", "reason"),
+            command_errors: counter_vec("command_errors_total", "Commands answered with an error", "code"),
+            disconnects: counter_vec("disconnects_total", "Connections closed by the server", "code"),
             registry,
         }
     }

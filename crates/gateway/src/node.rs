@@ -65,10 +65,7 @@ impl Node {
     pub fn new(config: Config) -> Result<Arc<Node>, NodeError> {
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(
-            metrics.clone(),
-            config.limits.outbound_queue_frames,
-        ));
+        let hub = Arc::new(Hub::new(metrics.clone(), config.limits.outbound_queue_frames));
         let rules = ChannelRules::new(&config.namespaces, config.limits.max_channel_length);
         let id = config.node.name.clone().unwrap_or_else(random_node_id);
         let broker: Arc<dyn Broker> = if config.broker.url.starts_with("memory://") {
@@ -123,9 +120,7 @@ impl Node {
     pub fn try_add_connection(&self) -> bool {
         let max = self.config.limits.max_connections;
         self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .is_ok()
     }
 

@@ -54,10 +54,7 @@ pub struct ConnControl {
 impl ConnControl {
     /// Asks the connection to close. The first request wins; later ones are ignored.
     pub fn close(&self, request: CloseRequest) {
-        let mut slot = self
-            .request
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.request.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.is_none() {
             *slot = Some(request);
             self.cancel.cancel();
@@ -81,10 +78,7 @@ impl ConnControl {
 
     /// The close request, once one was made.
     pub fn request(&self) -> Option<CloseRequest> {
-        self.request
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.request.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 }
 
@@ -110,24 +104,10 @@ pub struct OutboxReceiver {
 }
 
 /// Creates a connection's outbox bounded by `max_frames` and `max_bytes`.
-pub fn outbox(
-    max_frames: usize,
-    max_bytes: usize,
-    control: Arc<ConnControl>,
-) -> (Outbox, OutboxReceiver) {
+pub fn outbox(max_frames: usize, max_bytes: usize, control: Arc<ConnControl>) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(max_frames);
-    let shared = Arc::new(Shared {
-        queued_bytes: AtomicUsize::new(0),
-        max_bytes,
-        control,
-    });
-    (
-        Outbox {
-            tx,
-            shared: shared.clone(),
-        },
-        OutboxReceiver { rx, shared },
-    )
+    let shared = Arc::new(Shared { queued_bytes: AtomicUsize::new(0), max_bytes, control });
+    (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
 }
 
 impl Outbox {
@@ -145,11 +125,7 @@ impl Outbox {
             self.close_as_slow_consumer();
             return false;
         }
-        match self.tx.try_send(Outgoing {
-            message,
-            size,
-            received_at,
-        }) {
+        match self.tx.try_send(Outgoing { message, size, received_at }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
@@ -230,12 +206,8 @@ mod tests {
     #[test]
     fn first_close_request_wins() {
         let control = ConnControl::default();
-        let request = |code| CloseRequest {
-            code,
-            reason: String::new(),
-            reconnect_after_ms: None,
-            flush_queue: true,
-        };
+        let request =
+            |code| CloseRequest { code, reason: String::new(), reconnect_after_ms: None, flush_queue: true };
         control.close(request(Code::Shutdown));
         control.close(request(Code::SlowConsumer));
         assert_eq!(control.request().map(|r| r.code), Some(Code::Shutdown));

@@ -56,10 +56,7 @@ pub async fn serve(
             node.begin_shutdown();
             node.sessions.close();
             let timeout = Duration::from_millis(node.config.node.shutdown_timeout_ms);
-            if tokio::time::timeout(timeout, node.sessions.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(timeout, node.sessions.wait()).await.is_err() {
                 tracing::warn!(
                     remaining = node.sessions.len(),
                     "shutdown timeout: closing remaining connections"
@@ -67,9 +64,7 @@ pub async fn serve(
             }
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drained)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(drained).await?;
     tracing::info!("stopped");
     Ok(())
 }

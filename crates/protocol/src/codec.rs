@@ -90,11 +90,7 @@ pub struct CommandDecodeError {
 
 impl CommandDecodeError {
     fn protocol(message: impl Into<String>) -> Self {
-        CommandDecodeError {
-            id: None,
-            code: Code::ProtocolError,
-            message: message.into(),
-        }
+        CommandDecodeError { id: None, code: Code::ProtocolError, message: message.into() }
     }
 }
 
@@ -123,29 +119,20 @@ pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, Comma
             .map_err(|e| CommandDecodeError::protocol(format!("malformed MessagePack: {e}")))?,
     };
     let Some(object) = value.as_object() else {
-        return Err(CommandDecodeError::protocol(
-            "a command must be an object/map",
-        ));
+        return Err(CommandDecodeError::protocol("a command must be an object/map"));
     };
     let id = match object.get("id") {
-        Some(id) => id
-            .as_u64()
-            .ok_or_else(|| CommandDecodeError::protocol("`id` must be a non-negative integer"))?,
+        Some(id) => {
+            id.as_u64().ok_or_else(|| CommandDecodeError::protocol("`id` must be a non-negative integer"))?
+        }
         None => return Err(CommandDecodeError::protocol("missing `id`")),
     };
-    let answer = |code: Code, message: String| CommandDecodeError {
-        id: Some(id),
-        code,
-        message,
-    };
+    let answer = |code: Code, message: String| CommandDecodeError { id: Some(id), code, message };
     match object.get("method").map(|m| m.as_str()) {
         None => return Err(answer(Code::BadRequest, "missing `method`".into())),
         Some(None) => return Err(answer(Code::BadRequest, "`method` must be a string".into())),
         Some(Some(method)) if !METHODS.contains(&method) => {
-            return Err(answer(
-                Code::MethodNotFound,
-                format!("unknown method `{method}`"),
-            ));
+            return Err(answer(Code::MethodNotFound, format!("unknown method `{method}`")));
         }
         Some(Some(_)) => {}
     }
@@ -210,19 +197,13 @@ mod tests {
             id: 7,
             body: CommandBody::Subscribe(SubscribeParams {
                 channel: "chat:1".into(),
-                recover: Some(StreamPosition {
-                    offset: 3,
-                    epoch: "e".into(),
-                }),
+                recover: Some(StreamPosition { offset: 3, epoch: "e".into() }),
                 token: None,
             }),
         };
         assert_eq!(cmd, expected);
         let packed = encode(Encoding::MsgPack, &expected).expect("encode");
-        assert_eq!(
-            decode_command(Encoding::MsgPack, &packed).expect("msgpack"),
-            expected
-        );
+        assert_eq!(decode_command(Encoding::MsgPack, &packed).expect("msgpack"), expected);
     }
 
     #[test]
@@ -239,11 +220,8 @@ mod tests {
         assert_eq!((e.id, e.code), (None, Code::ProtocolError));
         let e = decode_command(Encoding::Json, br#"{"id":2,"method":"fly"}"#).expect_err("method");
         assert_eq!((e.id, e.code), (Some(2), Code::MethodNotFound));
-        let e = decode_command(
-            Encoding::Json,
-            br#"{"id":3,"method":"subscribe","params":{}}"#,
-        )
-        .expect_err("params");
+        let e = decode_command(Encoding::Json, br#"{"id":3,"method":"subscribe","params":{}}"#)
+            .expect_err("params");
         assert_eq!((e.id, e.code), (Some(3), Code::BadRequest));
         assert!(e.message.contains("channel"), "{}", e.message);
         let e = decode_command(Encoding::MsgPack, &[0xc1]).expect_err("msgpack");

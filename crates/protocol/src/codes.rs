@@ -123,10 +123,7 @@ impl Code {
 
     /// Whether a command that failed with this code may succeed if retried unchanged.
     pub const fn is_temporary(self) -> bool {
-        matches!(
-            self,
-            Code::Internal | Code::TooManyRequests | Code::Unavailable
-        )
+        matches!(self, Code::Internal | Code::TooManyRequests | Code::Unavailable)
     }
 }
 
@@ -139,8 +136,7 @@ impl Serialize for Code {
 impl<'de> Deserialize<'de> for Code {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = u16::deserialize(deserializer)?;
-        Code::from_u16(value)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown code {value}")))
+        Code::from_u16(value).ok_or_else(|| serde::de::Error::custom(format!("unknown code {value}")))
     }
 }
 

@@ -37,11 +37,7 @@ pub struct ErrorBody {
 impl ErrorBody {
     /// An error body for `code` with a message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ErrorBody {
-            code,
-            message: message.into(),
-            temporary: code.is_temporary(),
-        }
+        ErrorBody { code, message: message.into(), temporary: code.is_temporary() }
     }
 }
 

@@ -20,8 +20,8 @@ use dashmap::DashMap;
 use switchboard_protocol::{ClientInfo, StreamPosition};
 
 use super::{
-    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, EventSink, HistoryPage,
-    NewPublication, PresenceStats, Publication, Since,
+    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, EventSink, HistoryPage, NewPublication,
+    PresenceStats, Publication, Since,
 };
 use crate::channel::StreamOptions;
 
@@ -42,54 +42,35 @@ struct Stream {
 
 impl Stream {
     fn new() -> Stream {
-        Stream {
-            epoch: new_epoch(),
-            top: 0,
-            retained: VecDeque::new(),
-            last_publish: Instant::now(),
-        }
+        Stream { epoch: new_epoch(), top: 0, retained: VecDeque::new(), last_publish: Instant::now() }
     }
 
     fn trim(&mut self, options: StreamOptions, now: Instant) {
         while self.retained.len() > options.history_size {
             self.retained.pop_front();
         }
-        while self
-            .retained
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) >= options.history_ttl)
-        {
+        while self.retained.front().is_some_and(|(at, _)| now.duration_since(*at) >= options.history_ttl) {
             self.retained.pop_front();
         }
     }
 }
 
 fn lock(stream: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
-    stream
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    stream.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryBroker {
     /// A broker delivering into `sink`. Streams idle (no publish, no retained history) for
     /// `idle_ttl` are forgotten by [`MemoryBroker::sweep`].
     pub fn new(sink: Arc<dyn EventSink>, idle_ttl: Duration) -> MemoryBroker {
-        MemoryBroker {
-            streams: DashMap::new(),
-            presence: DashMap::new(),
-            sink,
-            idle_ttl,
-        }
+        MemoryBroker { streams: DashMap::new(), presence: DashMap::new(), sink, idle_ttl }
     }
 
     fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
         if let Some(stream) = self.streams.get(channel) {
             return stream.clone();
         }
-        self.streams
-            .entry(Arc::from(channel))
-            .or_insert_with(|| Arc::new(Mutex::new(Stream::new())))
-            .clone()
+        self.streams.entry(Arc::from(channel)).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))).clone()
     }
 
     /// Drops expired publications and forgets idle streams; returns how many streams remain.
@@ -100,8 +81,7 @@ impl MemoryBroker {
             if let Some(options) = retention(channel) {
                 stream.trim(options, now);
             }
-            !(stream.retained.is_empty()
-                && now.duration_since(stream.last_publish) >= self.idle_ttl)
+            !(stream.retained.is_empty() && now.duration_since(stream.last_publish) >= self.idle_ttl)
         });
         self.streams.len()
     }
@@ -145,10 +125,7 @@ impl Broker for MemoryBroker {
         stream.last_publish = now;
         event.offset = Some(stream.top);
         event.epoch = Some(stream.epoch.clone());
-        let position = StreamPosition {
-            offset: stream.top,
-            epoch: stream.epoch.to_string(),
-        };
+        let position = StreamPosition { offset: stream.top, epoch: stream.epoch.to_string() };
         if options.history_size > 0 {
             stream.retained.push_back((now, event.clone()));
         }
@@ -177,12 +154,7 @@ impl Broker for MemoryBroker {
         let publications: Vec<Publication> = match &since {
             Since::Latest => {
                 let skip = stream.retained.len().saturating_sub(limit);
-                stream
-                    .retained
-                    .iter()
-                    .skip(skip)
-                    .map(|(_, p)| p.clone())
-                    .collect()
+                stream.retained.iter().skip(skip).map(|(_, p)| p.clone()).collect()
             }
             Since::After(position) => {
                 let first_retained = stream.retained.front().and_then(|(_, p)| p.offset);
@@ -204,18 +176,11 @@ impl Broker for MemoryBroker {
                     .collect()
             }
         };
-        Ok(HistoryPage {
-            epoch: stream.epoch.clone(),
-            top: stream.top,
-            publications,
-        })
+        Ok(HistoryPage { epoch: stream.epoch.clone(), top: stream.top, publications })
     }
 
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
-        self.presence
-            .entry(channel.to_string())
-            .or_default()
-            .insert(client.client.clone(), client);
+        self.presence.entry(channel.to_string()).or_default().insert(client.client.clone(), client);
         Ok(())
     }
 
@@ -230,11 +195,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
-        Ok(self
-            .presence
-            .get(channel)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default())
+        Ok(self.presence.get(channel).map(|m| m.values().cloned().collect()).unwrap_or_default())
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
@@ -242,12 +203,8 @@ impl Broker for MemoryBroker {
             .presence
             .get(channel)
             .map(|m| {
-                let users: std::collections::HashSet<&str> =
-                    m.values().map(|c| c.user.as_str()).collect();
-                PresenceStats {
-                    clients: m.len() as u64,
-                    users: users.len() as u64,
-                }
+                let users: std::collections::HashSet<&str> = m.values().map(|c| c.user.as_str()).collect();
+                PresenceStats { clients: m.len() as u64, users: users.len() as u64 }
             })
             .unwrap_or_default())
     }
@@ -266,18 +223,12 @@ mod tests {
 
     impl EventSink for Recorder {
         fn deliver(&self, channel: &str, event: ChannelEvent) {
-            self.0
-                .lock()
-                .expect("lock")
-                .push((channel.to_string(), event));
+            self.0.lock().expect("lock").push((channel.to_string(), event));
         }
     }
 
     fn options(size: usize) -> StreamOptions {
-        StreamOptions {
-            history_size: size,
-            history_ttl: Duration::from_secs(60),
-        }
+        StreamOptions { history_size: size, history_ttl: Duration::from_secs(60) }
     }
 
     fn new_pub(n: u32) -> NewPublication {
@@ -295,46 +246,24 @@ mod tests {
         let broker = MemoryBroker::new(sink.clone(), Duration::from_secs(60));
         let mut epoch = String::new();
         for n in 1..=5 {
-            let pos = broker
-                .publish("c", new_pub(n), options(3))
-                .await
-                .expect("publish")
-                .expect("pos");
+            let pos = broker.publish("c", new_pub(n), options(3)).await.expect("publish").expect("pos");
             assert_eq!(pos.offset, u64::from(n));
             epoch = pos.epoch;
         }
         assert_eq!(sink.0.lock().expect("lock").len(), 5);
-        let page = broker
-            .history("c", Since::Latest, 10, options(3))
-            .await
-            .expect("history");
+        let page = broker.history("c", Since::Latest, 10, options(3)).await.expect("history");
         let offsets: Vec<_> = page.publications.iter().filter_map(|p| p.offset).collect();
         assert_eq!(offsets, vec![3, 4, 5]);
-        let after = Since::After(StreamPosition {
-            offset: 3,
-            epoch: epoch.clone(),
-        });
-        let page = broker
-            .history("c", after, 10, options(3))
-            .await
-            .expect("recoverable");
+        let after = Since::After(StreamPosition { offset: 3, epoch: epoch.clone() });
+        let page = broker.history("c", after, 10, options(3)).await.expect("recoverable");
         assert_eq!(page.publications.len(), 2);
-        let trimmed = Since::After(StreamPosition {
-            offset: 1,
-            epoch: epoch.clone(),
-        });
+        let trimmed = Since::After(StreamPosition { offset: 1, epoch: epoch.clone() });
         assert!(matches!(
             broker.history("c", trimmed, 10, options(3)).await,
             Err(BrokerError::PositionLost { .. })
         ));
-        let other_epoch = Since::After(StreamPosition {
-            offset: 5,
-            epoch: "x".into(),
-        });
-        assert!(broker
-            .history("c", other_epoch, 10, options(3))
-            .await
-            .is_err());
+        let other_epoch = Since::After(StreamPosition { offset: 5, epoch: "x".into() });
+        assert!(broker.history("c", other_epoch, 10, options(3)).await.is_err());
     }
 
     #[tokio::test]
@@ -343,18 +272,9 @@ mod tests {
         let broker = MemoryBroker::new(sink.clone(), Duration::from_secs(60));
         let mut publication = new_pub(1);
         publication.ephemeral = true;
-        assert_eq!(
-            broker
-                .publish("c", publication, options(3))
-                .await
-                .expect("publish"),
-            None
-        );
+        assert_eq!(broker.publish("c", publication, options(3)).await.expect("publish"), None);
         assert_eq!(sink.0.lock().expect("lock").len(), 1);
-        let page = broker
-            .history("c", Since::Latest, 10, options(3))
-            .await
-            .expect("history");
+        let page = broker.history("c", Since::Latest, 10, options(3)).await.expect("history");
         assert!(page.publications.is_empty());
         assert_eq!(page.top, 0);
     }
@@ -363,17 +283,9 @@ mod tests {
     async fn idle_streams_are_swept_and_get_a_new_epoch() {
         let sink = Arc::new(Recorder::default());
         let broker = MemoryBroker::new(sink, Duration::ZERO);
-        let first = broker
-            .publish("c", new_pub(1), options(0))
-            .await
-            .expect("publish")
-            .expect("pos");
+        let first = broker.publish("c", new_pub(1), options(0)).await.expect("publish").expect("pos");
         assert_eq!(broker.sweep(|_| Some(options(0))), 0);
-        let second = broker
-            .publish("c", new_pub(2), options(0))
-            .await
-            .expect("publish")
-            .expect("pos");
+        let second = broker.publish("c", new_pub(2), options(0)).await.expect("publish").expect("pos");
         assert_ne!(first.epoch, second.epoch);
         assert_eq!(second.offset, 1);
     }
@@ -382,19 +294,12 @@ mod tests {
     async fn presence_counts_unique_users() {
         let broker = MemoryBroker::new(Arc::new(Recorder::default()), Duration::from_secs(60));
         for (client, user) in [("a", "u1"), ("b", "u1"), ("c", "u2")] {
-            let info = ClientInfo {
-                client: client.into(),
-                user: user.into(),
-                info: None,
-            };
+            let info = ClientInfo { client: client.into(), user: user.into(), info: None };
             broker.presence_add("room", info).await.expect("add");
         }
         assert_eq!(
             broker.presence_stats("room").await.expect("stats"),
-            PresenceStats {
-                clients: 3,
-                users: 2
-            }
+            PresenceStats { clients: 3, users: 2 }
         );
         broker.presence_remove("room", "a").await.expect("remove");
         assert_eq!(broker.presence("room").await.expect("list").len(), 2);

@@ -160,9 +160,7 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Current Unix time in milliseconds.
 pub fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A fresh random epoch identifier.

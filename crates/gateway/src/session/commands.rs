@@ -8,9 +8,7 @@
 use std::sync::Arc;
 
 use switchboard_protocol::{
-    command::{
-        ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
-    },
+    command::{ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams},
     reply::{
         ConnectResult, Empty, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
         RefreshResult, SubscribeResult,
@@ -42,10 +40,9 @@ impl Session {
         let id = command.id;
         let outcome = match command.body {
             CommandBody::Connect(params) => self.connect(id, params).await,
-            _ if self.identity.is_none() => Err(CommandError::refused(
-                Code::NotConnected,
-                "send `connect` first",
-            )),
+            _ if self.identity.is_none() => {
+                Err(CommandError::refused(Code::NotConnected, "send `connect` first"))
+            }
             CommandBody::Subscribe(params) => self.subscribe(id, params).await,
             CommandBody::Unsubscribe(params) => self.unsubscribe(id, params).await,
             CommandBody::Publish(params) => self.publish(id, params).await,
@@ -65,9 +62,7 @@ impl Session {
 
     fn identity(&self) -> &Identity {
         // `handle` refuses every command but `connect` before `connect` succeeded.
-        self.identity
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("checked in handle"))
+        self.identity.as_ref().unwrap_or_else(|| unreachable!("checked in handle"))
     }
 
     fn client_info(&self) -> ClientInfo {
@@ -81,22 +76,17 @@ impl Session {
 
     async fn connect(&mut self, id: u64, params: ConnectParams) -> Result<(), CommandError> {
         if self.identity.is_some() {
-            return Err(CommandError::refused(
-                Code::AlreadyConnected,
-                "already connected",
-            ));
+            return Err(CommandError::refused(Code::AlreadyConnected, "already connected"));
         }
         let claims = match params.token.or_else(|| self.bearer.take()) {
             Some(token) => match self.node.verifier.verify_connection(&token) {
                 Ok(claims) => claims,
-                Err(error) => return Err(self.refuse_connect(id, error)),
+                Err(error) => return self.refuse_connect(id, error),
             },
             None if self.node.config.auth.allow_anonymous => Default::default(),
             None => {
-                return Err(self.refuse_connect(
-                    id,
-                    AuthError::Claim("no token in connect or Authorization header"),
-                ))
+                return self
+                    .refuse_connect(id, AuthError::Claim("no token in connect or Authorization header"))
             }
         };
         let user = claims.sub.clone().unwrap_or_default();
@@ -104,21 +94,17 @@ impl Session {
         if let Some(channel) = &personal {
             if self.node.rules.resolve(channel).is_err() {
                 let error = AuthError::Claim("`sub` has characters not allowed in channel names");
-                return Err(self.refuse_connect(id, error));
+                return self.refuse_connect(id, error);
             }
             if !self.node.try_add_user_connection(&user) {
                 let message = "too many connections for this user";
-                self.close(Code::TooManyConnections, message, None, false);
-                return Err(CommandError::refused(Code::LimitExceeded, message));
+                self.reply_error(id, &CommandError::refused(Code::LimitExceeded, message));
+                self.close(Code::TooManyConnections, message, None, true);
+                return Ok(());
             }
         }
         tracing::Span::current().record("user", user.as_str());
-        self.identity = Some(Identity {
-            user,
-            expires_at: claims.exp,
-            claims,
-            refresh_sent: false,
-        });
+        self.identity = Some(Identity { user, expires_at: claims.exp, claims, refresh_sent: false });
         let prepared = match personal {
             Some(channel) => match self.prepare(&channel, params.recover).await {
                 Ok(prepared) => Some(prepared),
@@ -126,12 +112,7 @@ impl Session {
                     // Without its personal channel the connection would silently miss
                     // notifications: refuse it and let the client retry.
                     self.reply_error(id, &error);
-                    self.close(
-                        Code::ServerError,
-                        "cannot subscribe the personal channel",
-                        None,
-                        true,
-                    );
+                    self.close(Code::ServerError, "cannot subscribe the personal channel", None, true);
                     return Ok(());
                 }
             },
@@ -154,29 +135,26 @@ impl Session {
         Ok(())
     }
 
-    /// Counts an authentication failure and closes the connection after the error reply.
-    fn refuse_connect(&self, _id: u64, error: AuthError) -> CommandError {
-        self.node
-            .metrics
-            .auth_failures
-            .with_label_values(&[error.reason()])
-            .inc();
-        let code = if matches!(error, AuthError::Expired) {
-            Code::ConnectionExpired
-        } else {
-            Code::Unauthorized
-        };
-        self.close(code, &error.to_string(), None, true);
-        CommandError::Auth(error)
+    /// Answers a refused `connect`, counts the failure and closes the connection: 3004
+    /// (reconnect with a fresh token) for an expired token, 3501 otherwise.
+    fn refuse_connect(&self, id: u64, error: AuthError) -> Result<(), CommandError> {
+        self.count_auth_failure(&error);
+        let code =
+            if matches!(error, AuthError::Expired) { Code::ConnectionExpired } else { Code::Unauthorized };
+        let reason = error.to_string();
+        self.reply_error(id, &CommandError::Auth(error));
+        self.close(code, &reason, None, true);
+        Ok(())
+    }
+
+    fn count_auth_failure(&self, error: &AuthError) {
+        self.node.metrics.auth_failures.with_label_values(&[error.reason()]).inc();
     }
 
     async fn subscribe(&mut self, id: u64, params: SubscribeParams) -> Result<(), CommandError> {
         let namespace = self.node.rules.resolve(&params.channel)?.clone();
         if self.subscriptions.contains_key(&params.channel) {
-            return Err(CommandError::refused(
-                Code::AlreadySubscribed,
-                "already subscribed",
-            ));
+            return Err(CommandError::refused(Code::AlreadySubscribed, "already subscribed"));
         }
         let max = self.node.config.limits.max_subscriptions_per_connection;
         if self.subscriptions.len() >= max {
@@ -216,20 +194,10 @@ impl Session {
             self.node
                 .verifier
                 .verify_subscription(token, &identity.user, channel)
-                .map_err(|error| {
-                    self.node
-                        .metrics
-                        .auth_failures
-                        .with_label_values(&[error.reason()])
-                        .inc();
-                    error
-                })?;
+                .inspect_err(|error| self.count_auth_failure(error))?;
             return Ok(());
         }
-        Err(CommandError::refused(
-            Code::PermissionDenied,
-            "not allowed to subscribe to this channel",
-        ))
+        Err(CommandError::refused(Code::PermissionDenied, "not allowed to subscribe to this channel"))
     }
 
     /// Checks that this connection may read or publish in `channel`: it is subscribed, or
@@ -248,23 +216,11 @@ impl Session {
         recover: Option<StreamPosition>,
     ) -> Result<Prepared, CommandError> {
         let namespace = self.node.rules.resolve(channel)?.clone();
-        if !self
-            .node
-            .hub
-            .subscribe(channel, self.conn, self.outbox.clone(), self.encoding)
-        {
-            return Err(CommandError::refused(
-                Code::AlreadySubscribed,
-                "already subscribed",
-            ));
+        if !self.node.hub.subscribe(channel, self.conn, self.outbox.clone(), self.encoding) {
+            return Err(CommandError::refused(Code::AlreadySubscribed, "already subscribed"));
         }
         match self.read_missed(channel, &namespace, recover).await {
-            Ok((result, missed)) => Ok(Prepared {
-                channel: channel.to_string(),
-                namespace,
-                result,
-                missed,
-            }),
+            Ok((result, missed)) => Ok(Prepared { channel: channel.to_string(), namespace, result, missed }),
             Err(error) => {
                 self.node.hub.unsubscribe(channel, self.conn);
                 Err(error)
@@ -287,22 +243,15 @@ impl Session {
             return Ok((result, Vec::new()));
         };
         let from = position.offset;
-        match broker
-            .history(channel, Since::After(position), stream.history_size, stream)
-            .await
-        {
+        match broker.history(channel, Since::After(position), stream.history_size, stream).await {
             Ok(page) if page.publications.len() as u64 == page.top.saturating_sub(from) => {
                 let missed = page.publications.len() as u64;
-                let result =
-                    subscribe_result(channel, &page.epoch, page.top, Some(true), Some(missed));
+                let result = subscribe_result(channel, &page.epoch, page.top, Some(true), Some(missed));
                 Ok((result, page.publications))
             }
             Ok(_) | Err(BrokerError::PositionLost { .. }) => {
                 let page = broker.history(channel, Since::Latest, 0, stream).await?;
-                Ok((
-                    subscribe_result(channel, &page.epoch, page.top, Some(false), None),
-                    Vec::new(),
-                ))
+                Ok((subscribe_result(channel, &page.epoch, page.top, Some(false), None), Vec::new()))
             }
             Err(error) => Err(error.into()),
         }
@@ -311,12 +260,7 @@ impl Session {
     /// Queues the missed publications, switches the subscription live and announces the
     /// connection in presence.
     async fn go_live(&mut self, prepared: Prepared) {
-        let Prepared {
-            channel,
-            namespace,
-            result,
-            missed,
-        } = prepared;
+        let Prepared { channel, namespace, result, missed } = prepared;
         for publication in &missed {
             match encode_publication(publication, self.encoding) {
                 Ok(message) => {
@@ -327,27 +271,15 @@ impl Session {
                 }
             }
         }
-        self.node
-            .hub
-            .go_live(&channel, self.conn, Some((&result.epoch, result.offset)));
+        self.node.hub.go_live(&channel, self.conn, Some((&result.epoch, result.offset)));
         let client = self.client_info();
         if namespace.config.presence {
-            if let Err(error) = self
-                .node
-                .broker
-                .presence_add(&channel, client.clone())
-                .await
-            {
+            if let Err(error) = self.node.broker.presence_add(&channel, client.clone()).await {
                 tracing::warn!(%error, %channel, "cannot record presence");
             }
         }
         if namespace.config.join_leave {
-            if let Err(error) = self
-                .node
-                .broker
-                .emit(&channel, ChannelEvent::Join(client))
-                .await
-            {
+            if let Err(error) = self.node.broker.emit(&channel, ChannelEvent::Join(client)).await {
                 tracing::warn!(%error, %channel, "cannot emit join");
             }
         }
@@ -380,10 +312,7 @@ impl Session {
             }
         }
         if namespace.config.join_leave {
-            if let Err(error) = broker
-                .emit(channel, ChannelEvent::Leave(self.client_info()))
-                .await
-            {
+            if let Err(error) = broker.emit(channel, ChannelEvent::Leave(self.client_info())).await {
                 tracing::warn!(%error, %channel, "cannot emit leave");
             }
         }
@@ -398,8 +327,8 @@ impl Session {
             ));
         }
         self.authorize_access(&params.channel, &namespace)?;
-        let data = serde_json::value::to_raw_value(&params.data)
-            .map_err(switchboard_protocol::CodecError::from)?;
+        let data =
+            serde_json::value::to_raw_value(&params.data).map_err(switchboard_protocol::CodecError::from)?;
         let max = self.node.config.limits.max_payload_bytes;
         if data.get().len() > max {
             return Err(CommandError::refused(
@@ -413,11 +342,7 @@ impl Session {
             from: Some(self.client_info()),
             ephemeral: params.ephemeral,
         };
-        let position = self
-            .node
-            .broker
-            .publish(&params.channel, publication, namespace.stream)
-            .await?;
+        let position = self.node.broker.publish(&params.channel, publication, namespace.stream).await?;
         self.node.metrics.publications.inc();
         let (offset, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
         self.reply(id, PublishResult { offset, epoch });
@@ -434,23 +359,14 @@ impl Session {
     async fn presence_stats(&mut self, id: u64, params: ChannelParams) -> Result<(), CommandError> {
         self.presence_channel(&params.channel)?;
         let stats = self.node.broker.presence_stats(&params.channel).await?;
-        self.reply(
-            id,
-            PresenceStatsResult {
-                clients: stats.clients,
-                users: stats.users,
-            },
-        );
+        self.reply(id, PresenceStatsResult { clients: stats.clients, users: stats.users });
         Ok(())
     }
 
     fn presence_channel(&self, channel: &str) -> Result<(), CommandError> {
         let namespace = self.node.rules.resolve(channel)?;
         if !namespace.config.presence {
-            return Err(CommandError::refused(
-                Code::NotAvailable,
-                "presence is disabled in this namespace",
-            ));
+            return Err(CommandError::refused(Code::NotAvailable, "presence is disabled in this namespace"));
         }
         self.authorize_access(channel, namespace)
     }
@@ -458,34 +374,20 @@ impl Session {
     async fn history(&mut self, id: u64, params: HistoryParams) -> Result<(), CommandError> {
         let namespace = self.node.rules.resolve(&params.channel)?.clone();
         if namespace.config.history_size == 0 {
-            return Err(CommandError::refused(
-                Code::NotAvailable,
-                "history is disabled in this namespace",
-            ));
+            return Err(CommandError::refused(Code::NotAvailable, "history is disabled in this namespace"));
         }
         self.authorize_access(&params.channel, &namespace)?;
         let max = self.node.config.limits.max_history_limit;
         let limit = params.limit.unwrap_or(max).min(max) as usize;
         let since = params.since.map_or(Since::Latest, Since::After);
-        let page = self
-            .node
-            .broker
-            .history(&params.channel, since, limit, namespace.stream)
-            .await?;
+        let page = self.node.broker.history(&params.channel, since, limit, namespace.stream).await?;
         let mut publications = Vec::with_capacity(page.publications.len());
         for publication in &page.publications {
             let data: serde_json::Value = serde_json::from_str(publication.data.get())
                 .map_err(switchboard_protocol::CodecError::from)?;
             publications.push(wire_publication(publication, data));
         }
-        self.reply(
-            id,
-            HistoryResult {
-                epoch: page.epoch.to_string(),
-                offset: page.top,
-                publications,
-            },
-        );
+        self.reply(id, HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications });
         Ok(())
     }
 
@@ -494,22 +396,10 @@ impl Session {
             .node
             .verifier
             .verify_connection(&params.token)
-            .map_err(|error| {
-                self.node
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[error.reason()])
-                    .inc();
-                error
-            })?;
-        let identity = self
-            .identity
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("checked in handle"));
+            .inspect_err(|error| self.count_auth_failure(error))?;
+        let identity = self.identity.as_mut().unwrap_or_else(|| unreachable!("checked in handle"));
         if claims.sub.as_deref() != Some(identity.user.as_str()) {
-            return Err(CommandError::Auth(AuthError::Claim(
-                "refresh token is for another user",
-            )));
+            return Err(CommandError::Auth(AuthError::Claim("refresh token is for another user")));
         }
         identity.expires_at = claims.exp;
         identity.refresh_sent = false;
@@ -527,11 +417,5 @@ fn subscribe_result(
     recovered: Option<bool>,
     missed: Option<u64>,
 ) -> SubscribeResult {
-    SubscribeResult {
-        channel: channel.to_string(),
-        epoch: epoch.to_string(),
-        offset,
-        recovered,
-        missed,
-    }
+    SubscribeResult { channel: channel.to_string(), epoch: epoch.to_string(), offset, recovered, missed }
 }

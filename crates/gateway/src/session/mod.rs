@@ -15,9 +15,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use rand::Rng;
-use switchboard_protocol::{
-    codec, push::Push, push::RefreshNeeded, reply::Reply, Code, Encoding, ErrorBody,
-};
+use switchboard_protocol::{codec, push::Push, push::RefreshNeeded, reply::Reply, Code, Encoding, ErrorBody};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -47,31 +45,14 @@ pub(crate) async fn run(
         metrics.connections_total.inc();
         let control = Arc::new(ConnControl::default());
         let limits = &node.config.limits;
-        let (outbox, rx) = outbox(
-            limits.outbound_queue_frames,
-            limits.outbound_queue_bytes,
-            control.clone(),
-        );
+        let (outbox, rx) = outbox(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone());
         let (sink, stream) = socket.split();
-        let writer = tokio::spawn(writer::run(
-            sink,
-            rx,
-            control.clone(),
-            encoding,
-            metrics.clone(),
-        ));
+        let writer = tokio::spawn(writer::run(sink, rx, control.clone(), encoding, metrics.clone()));
         let counted = node.try_add_connection();
         if counted {
             metrics.connections.inc();
-            let mut session = Session::new(
-                node.clone(),
-                conn,
-                client_id,
-                encoding,
-                outbox,
-                control.clone(),
-                bearer,
-            );
+            let mut session =
+                Session::new(node.clone(), conn, client_id, encoding, outbox, control.clone(), bearer);
             session.read_loop(stream).await;
             session.cleanup().await;
             metrics.connections.dec();
@@ -85,10 +66,7 @@ pub(crate) async fn run(
             });
         }
         if let Some(request) = control.request() {
-            metrics
-                .disconnects
-                .with_label_values(&[request.code.slug()])
-                .inc();
+            metrics.disconnects.with_label_values(&[request.code.slug()]).inc();
             if request.code == Code::SlowConsumer {
                 metrics.slow_consumers.inc();
             }
@@ -193,12 +171,7 @@ impl Session {
             .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
         if too_large {
             let limit = self.node.config.limits.max_message_bytes;
-            self.close(
-                Code::MessageTooLarge,
-                &format!("message larger than {limit} bytes"),
-                None,
-                false,
-            );
+            self.close(Code::MessageTooLarge, &format!("message larger than {limit} bytes"), None, false);
         } else {
             tracing::debug!(%error, "read failed");
             self.control.terminate();
@@ -219,12 +192,7 @@ impl Session {
                 );
             }
             (Message::Binary(_), Encoding::Json) => {
-                return self.close(
-                    Code::ProtocolError,
-                    "binary frame on a JSON connection",
-                    None,
-                    false,
-                );
+                return self.close(Code::ProtocolError, "binary frame on a JSON connection", None, false);
             }
             (Message::Close(_), _) => return self.control.terminate(),
             (Message::Ping(_) | Message::Pong(_), _) => return,
@@ -235,8 +203,7 @@ impl Session {
             Ok(command) => {
                 let id = command.id;
                 if !self.bucket.try_take() {
-                    let error =
-                        CommandError::refused(Code::TooManyRequests, "command rate limit exceeded");
+                    let error = CommandError::refused(Code::TooManyRequests, "command rate limit exceeded");
                     return self.reply_error(id, &error);
                 }
                 self.handle(command).await;
@@ -268,12 +235,7 @@ impl Session {
     fn on_timer(&mut self) {
         let now = Instant::now();
         if self.identity.is_none() && now >= self.started + self.auth_timeout() {
-            return self.close(
-                Code::AuthTimeout,
-                "no connect command within the auth timeout",
-                None,
-                false,
-            );
+            return self.close(Code::AuthTimeout, "no connect command within the auth timeout", None, false);
         }
         if let Some(identity) = &self.identity {
             if self.expire_at(identity).is_some_and(|at| now >= at) {
@@ -295,8 +257,7 @@ impl Session {
         }
         if now >= self.next_ping {
             let heartbeat = &self.node.config.heartbeat;
-            let silence =
-                Duration::from_millis(heartbeat.ping_interval_ms + heartbeat.pong_timeout_ms);
+            let silence = Duration::from_millis(heartbeat.ping_interval_ms + heartbeat.pong_timeout_ms);
             if now.duration_since(self.last_seen) >= silence {
                 return self.close(
                     Code::HeartbeatTimeout,
@@ -324,9 +285,7 @@ impl Session {
     /// When an unrefreshed connection is closed.
     fn expire_at(&self, identity: &Identity) -> Option<Instant> {
         let expires_at = identity.expires_at?;
-        Some(instant_at(
-            expires_at + self.node.config.auth.expired_grace_secs,
-        ))
+        Some(instant_at(expires_at + self.node.config.auth.expired_grace_secs))
     }
 
     fn close(&self, code: Code, reason: &str, reconnect_after_ms: Option<u64>, flush_queue: bool) {
@@ -350,11 +309,7 @@ impl Session {
 
     /// Queues a successful reply.
     fn reply<R: serde::Serialize>(&self, id: u64, result: R) {
-        let reply = Reply {
-            id,
-            result: Some(result),
-            error: None,
-        };
+        let reply = Reply { id, result: Some(result), error: None };
         match codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
             Ok(message) => {
                 self.outbox.push(message, None);
@@ -366,20 +321,11 @@ impl Session {
     /// Queues an error reply and counts it.
     fn reply_error(&self, id: u64, error: &CommandError) {
         let code = error.code();
-        self.node
-            .metrics
-            .command_errors
-            .with_label_values(&[code.slug()])
-            .inc();
+        self.node.metrics.command_errors.with_label_values(&[code.slug()]).inc();
         tracing::debug!(%code, %error, "command failed");
-        let reply: Reply<()> = Reply {
-            id,
-            result: None,
-            error: Some(ErrorBody::new(code, error.to_string())),
-        };
-        if let Ok(message) =
-            codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b))
-        {
+        let reply: Reply<()> =
+            Reply { id, result: None, error: Some(ErrorBody::new(code, error.to_string())) };
+        if let Ok(message) = codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
             self.outbox.push(message, None);
         }
     }
@@ -402,7 +348,6 @@ fn instant_at(unix_secs: u64) -> Instant {
     if unix_secs >= now_unix {
         now + Duration::from_secs(unix_secs - now_unix)
     } else {
-        now.checked_sub(Duration::from_secs(now_unix - unix_secs))
-            .unwrap_or(now)
+        now.checked_sub(Duration::from_secs(now_unix - unix_secs)).unwrap_or(now)
     }
 }

@@ -67,10 +67,7 @@ pub(crate) async fn run(
         }
         send_disconnect(&mut sink, encoding, &request).await
     };
-    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await.is_err() {
         tracing::debug!("close frame not written in time");
     }
 }
@@ -98,17 +95,13 @@ async fn write_batch(
     for outgoing in batch.drain(..) {
         bytes += outgoing.size;
         if let Some(received_at) = outgoing.received_at {
-            metrics
-                .publish_to_write
-                .observe(received_at.elapsed().as_secs_f64());
+            metrics.publish_to_write.observe(received_at.elapsed().as_secs_f64());
         }
         let fed = sink.feed(outgoing.message).await;
         rx.release(outgoing.size);
         fed.map_err(|error| tracing::debug!(%error, "write failed"))?;
     }
-    sink.flush()
-        .await
-        .map_err(|error| tracing::debug!(%error, "flush failed"))?;
+    sink.flush().await.map_err(|error| tracing::debug!(%error, "flush failed"))?;
     metrics.messages_out.inc_by(count as u64);
     metrics.bytes_out.inc_by(bytes as u64);
     Ok(())
@@ -125,13 +118,8 @@ async fn send_disconnect(
     if let Ok(message) = codec::encode(encoding, &frame).and_then(|b| to_message(encoding, b)) {
         sink.feed(message).await.map_err(|_| ())?;
     }
-    let close = CloseFrame {
-        code: request.code.as_u16(),
-        reason: truncate(&request.reason, 120).into(),
-    };
-    sink.send(Message::Close(Some(close)))
-        .await
-        .map_err(|_| ())?;
+    let close = CloseFrame { code: request.code.as_u16(), reason: truncate(&request.reason, 120).into() };
+    sink.send(Message::Close(Some(close))).await.map_err(|_| ())?;
     sink.close().await.map_err(|_| ())
 }
 
