@@ -88,6 +88,9 @@ impl ChannelRules {
         if channel.ends_with(':') {
             return Err(invalid("nothing after the namespace"));
         }
+        if channel.starts_with(':') {
+            return Err(invalid("empty namespace before `:`"));
+        }
         self.namespaces.get(namespace).ok_or_else(|| ChannelError::UnknownNamespace(namespace.to_string()))
     }
 }
@@ -129,6 +132,7 @@ mod tests {
         assert!(matches!(rules.resolve(""), Err(ChannelError::Invalid { .. })));
         assert!(matches!(rules.resolve("a b"), Err(ChannelError::Invalid { .. })));
         assert!(matches!(rules.resolve("chat:"), Err(ChannelError::Invalid { .. })));
+        assert!(matches!(rules.resolve(":news"), Err(ChannelError::Invalid { .. })));
         assert!(matches!(rules.resolve(&"x".repeat(33)), Err(ChannelError::Invalid { .. })));
     }
 

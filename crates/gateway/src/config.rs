@@ -198,6 +198,10 @@ pub struct LimitsConfig {
     /// Frames queued for one connection before it is closed with 3001 `slow_consumer`.
     /// Default 4096.
     pub outbound_queue_frames: usize,
+    /// How long a large reply (history) or a recovery burst may wait for room in the
+    /// outbound queue before the connection is closed with 3001 `slow_consumer`, in
+    /// milliseconds. Default 10000.
+    pub outbound_wait_ms: u64,
     /// Allowed `Origin` header values for browser connections; `*` allows any. Requests
     /// without an `Origin` header (non-browser clients) are always allowed. A refused
     /// origin gets HTTP 403. Default `["*"]`.
@@ -226,6 +230,7 @@ impl Default for LimitsConfig {
             command_burst: 200,
             outbound_queue_bytes: 1 << 20,
             outbound_queue_frames: 4096,
+            outbound_wait_ms: 10_000,
             allowed_origins: vec!["*".into()],
             max_channel_length: 255,
             max_history_limit: 1000,

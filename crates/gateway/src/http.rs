@@ -91,35 +91,36 @@ async fn websocket(
             return Err(HttpError::OriginNotAllowed(origin.to_string()));
         }
     }
-    let encoding = select_encoding(&mut upgrade);
+    let encoding = select_encoding(&headers, &mut upgrade);
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_string());
     let limits = &node.config.limits;
     let upgrade = upgrade
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes)
-        .max_write_buffer_size(limits.write_buffer_bytes.max(limits.outbound_queue_bytes) * 2);
+        .write_buffer_size(limits.write_buffer_bytes);
     let tracker = node.sessions.clone();
     Ok(upgrade
         .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, encoding, bearer, remote))))
 }
 
-/// Picks the first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`
-/// (JSON when it offers none) and echoes it back when one was offered.
-fn select_encoding(upgrade: &mut WebSocketUpgrade) -> Encoding {
-    let offered: Vec<Encoding> = upgrade
-        .requested_protocols()
-        .filter_map(|p| p.to_str().ok())
-        .filter_map(Encoding::from_subprotocol)
-        .collect();
-    let encoding = offered.first().copied().unwrap_or(Encoding::Json);
-    if !offered.is_empty() {
+/// Picks the first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`,
+/// in the client's order (JSON when it offers none), and echoes it back when one was
+/// offered. The raw headers are read because the upgrade extractor does not keep order.
+fn select_encoding(headers: &HeaderMap, upgrade: &mut WebSocketUpgrade) -> Encoding {
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(Encoding::from_subprotocol);
+    if let Some(encoding) = offered {
         upgrade.set_selected_protocol(HeaderValue::from_static(encoding.subprotocol()));
     }
-    encoding
+    offered.unwrap_or(Encoding::Json)
 }

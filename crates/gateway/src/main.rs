@@ -108,7 +108,7 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
         sub: Some(args.user.clone()),
         exp: Some(auth::unix_now() + args.ttl),
         iss: config.auth.issuer.clone(),
-        aud: config.auth.audience.clone(),
+        aud: config.auth.audience.clone().map(serde_json::Value::String),
         info,
         channels: (!args.channels.is_empty()).then(|| args.channels.clone()),
         channel: args.channel.clone(),

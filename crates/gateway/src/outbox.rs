@@ -1,22 +1,26 @@
 //! The bounded outbound queue of one connection, and how a connection is told to close.
 //!
 //! Every frame for a client (replies, pushes, publications) goes through its [`Outbox`].
-//! The queue is bounded twice, by frames and by bytes. When either bound would be
-//! exceeded the policy is explicit: the connection is closed with `slow_consumer` (3001,
-//! reconnect), the frame is not queued, and the caller is never blocked. That keeps one
-//! slow reader from delaying everybody else in a fan-out or growing memory without bound.
+//! The queue is bounded twice: by frames (the channel capacity) and by bytes (a semaphore
+//! of byte permits that the writer gives back once a frame is written).
+//!
+//! Two ways in, with explicit policies:
+//! * [`Outbox::push`] never waits. The hub uses it for live fan-out. When either bound
+//!   would be exceeded the connection is closed with `slow_consumer` (3001, reconnect),
+//!   the frame is not queued, and the fan-out moves on to the next subscriber.
+//! * [`Outbox::push_waiting`] waits for room, up to a timeout, then closes the same way.
+//!   The session uses it for large replies (history) and recovery bursts, which are
+//!   bounded by configuration but may exceed the queue: they flow as fast as the client
+//!   reads instead of being refused.
 
 use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    time::Instant,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use axum::extract::ws::Message;
 use switchboard_protocol::Code;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 /// One frame waiting to be written.
@@ -24,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Outgoing {
     /// The WebSocket message (its payload is shared `Bytes`, so cloning is cheap).
     pub message: Message,
-    /// Bytes counted against the queue limit.
+    /// Byte permits held by this frame, returned with [`OutboxReceiver::release`].
     pub size: usize,
     /// When this node received the publication, for the publish-to-write histogram.
     pub received_at: Option<Instant>,
@@ -91,7 +95,7 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct Shared {
-    queued_bytes: AtomicUsize,
+    budget: Semaphore,
     max_bytes: usize,
     control: Arc<ConnControl>,
 }
@@ -103,36 +107,67 @@ pub struct OutboxReceiver {
     shared: Arc<Shared>,
 }
 
-/// Creates a connection's outbox bounded by `max_frames` and `max_bytes`.
+/// Creates a connection's outbox bounded by `max_frames` frames and `max_bytes` bytes.
 pub fn outbox(max_frames: usize, max_bytes: usize, control: Arc<ConnControl>) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(max_frames);
-    let shared = Arc::new(Shared { queued_bytes: AtomicUsize::new(0), max_bytes, control });
+    let max_bytes = max_bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+    let shared = Arc::new(Shared { budget: Semaphore::new(max_bytes), max_bytes, control });
     (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
 }
 
 impl Outbox {
     /// Queues a frame without waiting. Returns `false` when the frame was not queued: the
-    /// queue overflowed (the connection is then being closed as a slow consumer) or the
-    /// connection is already gone.
+    /// queue is full (the connection is then closed as a slow consumer) or the connection
+    /// is already closing.
     pub fn push(&self, message: Message, received_at: Option<Instant>) -> bool {
         if self.shared.control.is_closing() {
             return false;
         }
-        let size = message_size(&message);
-        let before = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        if before + size > self.shared.max_bytes {
-            self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.close_as_slow_consumer();
-            return false;
-        }
-        match self.tx.try_send(Outgoing { message, size, received_at }) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        let cost = self.cost(&message);
+        match self.shared.budget.try_acquire_many(cost as u32) {
+            Ok(permits) => permits.forget(),
+            Err(TryAcquireError::NoPermits) => {
                 self.close_as_slow_consumer();
+                return false;
+            }
+            Err(TryAcquireError::Closed) => return false,
+        }
+        match self.tx.try_send(Outgoing { message, size: cost, received_at }) {
+            Ok(()) => true,
+            Err(error) => {
+                self.shared.budget.add_permits(cost);
+                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                    self.close_as_slow_consumer();
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame, waiting up to `timeout` for room. Returns `false` when it was not
+    /// queued: the wait timed out (the connection is then closed as a slow consumer) or
+    /// the connection is closing.
+    pub async fn push_waiting(&self, message: Message, timeout: Duration) -> bool {
+        let cost = self.cost(&message);
+        let queued = async {
+            let permits = self.shared.budget.acquire_many(cost as u32).await.ok()?;
+            permits.forget();
+            if self.tx.send(Outgoing { message, size: cost, received_at: None }).await.is_err() {
+                self.shared.budget.add_permits(cost);
+                return None;
+            }
+            Some(())
+        };
+        tokio::select! {
+            biased;
+            () = self.shared.control.closed() => false,
+            result = tokio::time::timeout(timeout, queued) => match result {
+                Ok(queued) => queued.is_some(),
+                Err(_) => {
+                    self.close_as_slow_consumer();
+                    false
+                }
+            },
         }
     }
 
@@ -150,6 +185,12 @@ impl Outbox {
             flush_queue: false,
         });
     }
+
+    /// Byte permits a message takes: its size, capped at the whole budget so that one
+    /// frame larger than the budget can still go through an otherwise empty queue.
+    fn cost(&self, message: &Message) -> usize {
+        message_size(message).min(self.shared.max_bytes)
+    }
 }
 
 impl OutboxReceiver {
@@ -163,9 +204,9 @@ impl OutboxReceiver {
         self.rx.try_recv().ok()
     }
 
-    /// Releases the byte budget of frames that were written (or dropped).
+    /// Gives back the byte permits of frames that were written (or dropped).
     pub fn release(&self, bytes: usize) {
-        self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.shared.budget.add_permits(bytes);
     }
 }
 
@@ -201,6 +242,40 @@ mod tests {
         assert_eq!(control.request().map(|r| r.code), Some(Code::SlowConsumer));
         let first = rx.try_recv().expect("first frame stays queued");
         rx.release(first.size);
+    }
+
+    #[tokio::test]
+    async fn waiting_push_flows_as_the_writer_drains() {
+        let control = Arc::new(ConnControl::default());
+        let (outbox, mut rx) = outbox(2, 10, control.clone());
+        let writer = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = Vec::new();
+            while got < 20 {
+                rx.recv_many(&mut buf, 8).await;
+                for frame in buf.drain(..) {
+                    rx.release(frame.size);
+                    got += 1;
+                }
+            }
+        });
+        for _ in 0..20 {
+            assert!(outbox.push_waiting(Message::Text("123456".into()), Duration::from_secs(5)).await);
+        }
+        writer.await.expect("writer");
+        assert!(!control.is_closing());
+        // A frame larger than the whole budget still goes through.
+        let (outbox, _rx) = super::outbox(2, 10, Arc::new(ConnControl::default()));
+        assert!(outbox.push_waiting(Message::Text("x".repeat(100).into()), Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_push_times_out_as_slow_consumer() {
+        let control = Arc::new(ConnControl::default());
+        let (outbox, _rx) = outbox(10, 8, control.clone());
+        assert!(outbox.push(Message::Text("12345678".into()), None));
+        assert!(!outbox.push_waiting(Message::Text("1".into()), Duration::from_secs(1)).await);
+        assert_eq!(control.request().map(|r| r.code), Some(Code::SlowConsumer));
     }
 
     #[test]

@@ -119,16 +119,24 @@ async fn issuer_and_audience_are_enforced() {
     let server = TestServer::start(config).await;
     let good = token_with(Claims {
         iss: Some("https://auth.example".into()),
-        aud: Some("switchboard".into()),
+        aud: Some(json!("switchboard")),
         ..claims("u")
     });
     server.open(Encoding::Json).await.ok("connect", json!({"token": good})).await;
     let wrong_iss =
-        token_with(Claims { iss: Some("evil".into()), aud: Some("switchboard".into()), ..claims("u") });
+        token_with(Claims { iss: Some("evil".into()), aud: Some(json!("switchboard")), ..claims("u") });
     refused(&server, &wrong_iss, Code::InvalidToken, Code::Unauthorized).await;
+    let missing = token_with(claims("u"));
+    refused(&server, &missing, Code::InvalidToken, Code::Unauthorized).await;
+    let aud_array = token_with(Claims {
+        iss: Some("https://auth.example".into()),
+        aud: Some(serde_json::json!(["other", "switchboard"])),
+        ..claims("u")
+    });
+    server.open(Encoding::Json).await.ok("connect", json!({"token": aud_array})).await;
     let wrong_aud = token_with(Claims {
         iss: Some("https://auth.example".into()),
-        aud: Some("other".into()),
+        aud: Some(json!("other")),
         ..claims("u")
     });
     refused(&server, &wrong_aud, Code::InvalidToken, Code::Unauthorized).await;

@@ -164,3 +164,55 @@ async fn personal_channel_reaches_every_device_of_one_user_only() {
     other.silent_for(std::time::Duration::from_millis(200)).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn params_may_be_omitted_or_empty() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect("u1", Encoding::Json).await;
+    for frame in [
+        json!({"id": 100, "method": "ping"}),
+        json!({"id": 101, "method": "ping", "params": {}}),
+        json!({"id": 102, "method": "ping", "params": null}),
+    ] {
+        let id = frame["id"].as_u64().unwrap();
+        client.send_value(&frame).await;
+        assert_eq!(client.reply(id).await.result, Some(json!({})));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_offered_subprotocol_wins() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+    let server = TestServer::start(config()).await;
+    for (offer, expected) in [
+        ("switchboard.v1.msgpack, switchboard.v1.json", Encoding::MsgPack),
+        ("switchboard.v1.json, switchboard.v1.msgpack", Encoding::Json),
+        ("other, switchboard.v1.msgpack", Encoding::MsgPack),
+    ] {
+        let mut request = server.url().into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(offer));
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.headers()["sec-websocket-protocol"], expected.subprotocol());
+        drop(ws);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_larger_than_the_outbound_queue_is_delivered() {
+    let mut config = config();
+    config.limits.outbound_queue_bytes = 16 * 1024;
+    config.limits.commands_per_second = 10_000;
+    config.limits.command_burst = 10_000;
+    let server = TestServer::start(config).await;
+    let mut client = server.connect("u1", Encoding::Json).await;
+    let pad = "x".repeat(4000);
+    for n in 0..10 {
+        client.ok("publish", json!({"channel": "open:big", "data": {"n": n, "pad": pad}})).await;
+    }
+    let history = client.ok("history", json!({"channel": "open:big"})).await;
+    assert_eq!(history["publications"].as_array().unwrap().len(), 10);
+    client.ok("ping", serde_json::Value::Null).await;
+    server.shutdown().await;
+}

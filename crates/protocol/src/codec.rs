@@ -118,9 +118,13 @@ pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, Comma
         Encoding::MsgPack => rmp_serde::from_slice(frame)
             .map_err(|e| CommandDecodeError::protocol(format!("malformed MessagePack: {e}")))?,
     };
-    let Some(object) = value.as_object() else {
+    let mut value = value;
+    let Some(object) = value.as_object_mut() else {
         return Err(CommandDecodeError::protocol("a command must be an object/map"));
     };
+    if object.get("params").is_none_or(serde_json::Value::is_null) {
+        object.insert("params".into(), serde_json::Value::Object(Default::default()));
+    }
     let id = match object.get("id") {
         Some(id) => {
             id.as_u64().ok_or_else(|| CommandDecodeError::protocol("`id` must be a non-negative integer"))?
@@ -208,8 +212,14 @@ mod tests {
 
     #[test]
     fn ping_needs_no_params() {
-        let cmd = decode_command(Encoding::Json, br#"{"id":1,"method":"ping"}"#).expect("ping");
-        assert_eq!(cmd.body, CommandBody::Ping);
+        for frame in [
+            &br#"{"id":1,"method":"ping"}"#[..],
+            br#"{"id":1,"method":"ping","params":null}"#,
+            br#"{"id":1,"method":"ping","params":{}}"#,
+        ] {
+            let cmd = decode_command(Encoding::Json, frame).expect("ping");
+            assert_eq!(cmd.body, CommandBody::Ping(Default::default()));
+        }
     }
 
     #[test]

@@ -59,7 +59,8 @@ codes! {
     InvalidChannel = 105, "invalid_channel";
     /// The channel's namespace is not configured.
     UnknownNamespace = 106, "unknown_namespace";
-    /// The user is not allowed to do this in this channel.
+    /// The user is not allowed to do this in this channel (including client publishing in a
+    /// namespace that does not allow it).
     PermissionDenied = 107, "permission_denied";
     /// The connection is already subscribed to this channel.
     AlreadySubscribed = 108, "already_subscribed";
@@ -69,7 +70,7 @@ codes! {
     LimitExceeded = 110, "limit_exceeded";
     /// Too many commands: the per-connection rate limit was hit; retry later.
     TooManyRequests = 111, "too_many_requests";
-    /// The feature (presence, history, client publish) is disabled for this namespace.
+    /// The feature (presence or history) is disabled for this namespace.
     NotAvailable = 112, "not_available";
     /// The token (connection, refresh or subscription token) is invalid.
     InvalidToken = 113, "invalid_token";

@@ -40,7 +40,7 @@ pub enum CommandBody {
     /// Replace the connection token with a fresh one before it expires.
     Refresh(RefreshParams),
     /// Application-level ping; answered with an empty result.
-    Ping,
+    Ping(PingParams),
 }
 
 impl CommandBody {
@@ -55,10 +55,14 @@ impl CommandBody {
             CommandBody::PresenceStats(_) => "presence_stats",
             CommandBody::History(_) => "history",
             CommandBody::Refresh(_) => "refresh",
-            CommandBody::Ping => "ping",
+            CommandBody::Ping(_) => "ping",
         }
     }
 }
+
+/// Parameters of `ping` (none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingParams {}
 
 /// Parameters of `connect`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

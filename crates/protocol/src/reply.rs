@@ -57,8 +57,8 @@ pub struct ConnectResult {
     /// When the connection token expires (Unix seconds), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// Server-side subscriptions made at connect (always the personal channel unless
-    /// anonymous), keyed by channel.
+    /// Server-side subscriptions made at connect: the personal channel `user:<id>`, unless
+    /// anonymous.
     #[serde(default)]
     pub subscriptions: Vec<SubscribeResult>,
 }
@@ -86,7 +86,7 @@ pub struct SubscribeResult {
 /// Result of `publish`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishResult {
-    /// Offset assigned to the publication (absent for ephemeral or history-less channels).
+    /// Offset assigned to the publication (absent for ephemeral publications).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     /// Epoch of the stream (absent when `offset` is).

@@ -50,7 +50,7 @@ impl Session {
             CommandBody::PresenceStats(params) => self.presence_stats(id, params).await,
             CommandBody::History(params) => self.history(id, params).await,
             CommandBody::Refresh(params) => self.refresh(id, params),
-            CommandBody::Ping => {
+            CommandBody::Ping(_) => {
                 self.reply(id, Empty {});
                 Ok(())
             }
@@ -234,8 +234,24 @@ impl Session {
         namespace: &Namespace,
         recover: Option<StreamPosition>,
     ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
+        self.node.broker.subscribe(channel).await?;
+        let missed = self.read_positioned(channel, namespace, recover).await;
+        if missed.is_err() {
+            if let Err(error) = self.node.broker.unsubscribe(channel).await {
+                tracing::warn!(%error, %channel, "cannot drop broker interest");
+            }
+        }
+        missed
+    }
+
+    /// Reads the stream position (and the missed publications when recovering).
+    async fn read_positioned(
+        &self,
+        channel: &str,
+        namespace: &Namespace,
+        recover: Option<StreamPosition>,
+    ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
         let broker = &self.node.broker;
-        broker.subscribe(channel).await?;
         let stream = namespace.stream;
         let Some(position) = recover else {
             let page = broker.history(channel, Since::Latest, 0, stream).await?;
@@ -264,11 +280,11 @@ impl Session {
         for publication in &missed {
             match encode_publication(publication, self.encoding) {
                 Ok(message) => {
-                    self.outbox.push(message, None);
+                    if !self.outbox.push_waiting(message, self.outbound_wait()).await {
+                        break;
+                    }
                 }
-                Err(error) => {
-                    tracing::error!(%error, %channel, "cannot encode recovered publication")
-                }
+                Err(error) => tracing::error!(%error, %channel, "cannot encode recovered publication"),
             }
         }
         self.node.hub.go_live(&channel, self.conn, Some((&result.epoch, result.offset)));
@@ -387,7 +403,8 @@ impl Session {
                 .map_err(switchboard_protocol::CodecError::from)?;
             publications.push(wire_publication(publication, data));
         }
-        self.reply(id, HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications });
+        let result = HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications };
+        self.reply_waiting(id, result).await;
         Ok(())
     }
 

@@ -165,16 +165,26 @@ impl Session {
         control.terminate();
     }
 
+    /// Maps a read error to a close: too large (3502), not valid WebSocket or UTF-8 (3500),
+    /// or a transport failure (no close frame: the peer is gone).
     fn on_read_error(&self, error: &axum::Error) {
-        let too_large = std::error::Error::source(error)
-            .and_then(|e| e.downcast_ref::<tungstenite::Error>())
-            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-        if too_large {
-            let limit = self.node.config.limits.max_message_bytes;
-            self.close(Code::MessageTooLarge, &format!("message larger than {limit} bytes"), None, false);
-        } else {
-            tracing::debug!(%error, "read failed");
-            self.control.terminate();
+        let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<tungstenite::Error>());
+        match cause {
+            Some(tungstenite::Error::Capacity(_)) => {
+                let limit = self.node.config.limits.max_message_bytes;
+                self.close(Code::MessageTooLarge, &format!("message larger than {limit} bytes"), None, false);
+            }
+            Some(tungstenite::Error::Utf8(_)) => {
+                self.close(Code::ProtocolError, "text frame is not valid UTF-8", None, false);
+            }
+            Some(tungstenite::Error::Protocol(violation)) => {
+                let reason = format!("WebSocket protocol violation: {violation}");
+                self.close(Code::ProtocolError, &reason, None, false);
+            }
+            _ => {
+                tracing::debug!(%error, "read failed");
+                self.control.terminate();
+            }
         }
     }
 
@@ -217,7 +227,7 @@ impl Session {
 
     /// The earliest timer this connection is waiting for.
     fn next_deadline(&self) -> Instant {
-        let mut deadline = self.next_ping;
+        let mut deadline = self.next_ping.min(self.last_seen + self.silence_limit());
         match &self.identity {
             None => deadline = deadline.min(self.started + self.auth_timeout()),
             Some(identity) => {
@@ -255,20 +265,19 @@ impl Session {
                 }
             }
         }
-        if now >= self.next_ping {
-            let heartbeat = &self.node.config.heartbeat;
-            let silence = Duration::from_millis(heartbeat.ping_interval_ms + heartbeat.pong_timeout_ms);
-            if now.duration_since(self.last_seen) >= silence {
-                return self.close(
-                    Code::HeartbeatTimeout,
-                    "no pong within the heartbeat timeout",
-                    None,
-                    false,
-                );
-            }
-            self.outbox.push(Message::Ping(bytes::Bytes::new()), None);
-            self.next_ping = now + Duration::from_millis(heartbeat.ping_interval_ms);
+        if now.duration_since(self.last_seen) >= self.silence_limit() {
+            return self.close(Code::HeartbeatTimeout, "no pong within the heartbeat timeout", None, false);
         }
+        if now >= self.next_ping {
+            self.outbox.push(Message::Ping(bytes::Bytes::new()), None);
+            self.next_ping = now + Duration::from_millis(self.node.config.heartbeat.ping_interval_ms);
+        }
+    }
+
+    /// How long the client may stay silent (no pong, no frame) before it is closed.
+    fn silence_limit(&self) -> Duration {
+        let heartbeat = &self.node.config.heartbeat;
+        Duration::from_millis(heartbeat.ping_interval_ms.saturating_add(heartbeat.pong_timeout_ms))
     }
 
     fn auth_timeout(&self) -> Duration {
@@ -285,7 +294,7 @@ impl Session {
     /// When an unrefreshed connection is closed.
     fn expire_at(&self, identity: &Identity) -> Option<Instant> {
         let expires_at = identity.expires_at?;
-        Some(instant_at(expires_at + self.node.config.auth.expired_grace_secs))
+        Some(instant_at(expires_at.saturating_add(self.node.config.auth.expired_grace_secs)))
     }
 
     fn close(&self, code: Code, reason: &str, reconnect_after_ms: Option<u64>, flush_queue: bool) {
@@ -318,6 +327,21 @@ impl Session {
         }
     }
 
+    /// Queues a possibly large reply, waiting for room in the outbound queue.
+    async fn reply_waiting<R: serde::Serialize>(&self, id: u64, result: R) {
+        let reply = Reply { id, result: Some(result), error: None };
+        match codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
+            Ok(message) => {
+                self.outbox.push_waiting(message, self.outbound_wait()).await;
+            }
+            Err(error) => self.reply_error(id, &CommandError::Codec(error)),
+        }
+    }
+
+    fn outbound_wait(&self) -> Duration {
+        Duration::from_millis(self.node.config.limits.outbound_wait_ms)
+    }
+
     /// Queues an error reply and counts it.
     fn reply_error(&self, id: u64, error: &CommandError) {
         let code = error.code();
@@ -346,7 +370,9 @@ fn instant_at(unix_secs: u64) -> Instant {
     let now_unix = unix_now();
     let now = Instant::now();
     if unix_secs >= now_unix {
-        now + Duration::from_secs(unix_secs - now_unix)
+        // A century is "never" for a connection; the cap also keeps the addition in range.
+        let ahead = Duration::from_secs((unix_secs - now_unix).min(100 * 365 * 86_400));
+        now.checked_add(ahead).unwrap_or(now)
     } else {
         now.checked_sub(Duration::from_secs(now_unix - unix_secs)).unwrap_or(now)
     }
