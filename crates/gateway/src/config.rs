@@ -89,17 +89,47 @@ impl Default for NodeConfig {
     }
 }
 
-/// Broker selection.
+/// Broker selection and cluster timing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `memory://` for the embedded single-node broker. Default `memory://`.
+    /// `memory://` for the embedded single-node broker, or `redis://[user:password@]host:port[/db]`
+    /// (Redis >= 7) for a cluster of nodes. Default `memory://`.
     pub url: String,
+    /// How long a channel's stream metadata (epoch and last offset) outlives its last
+    /// publication, in seconds; after that the next publication starts a new epoch.
+    /// Never shorter than the namespace's history TTL. Default 86400.
+    pub stream_meta_ttl_secs: u64,
+    /// Redis: a presence entry not refreshed for this long is expired and its leave event
+    /// emitted (this is how a crashed node's clients disappear), in seconds. Default 30.
+    pub presence_ttl_secs: u64,
+    /// Redis: interval of the pub/sub round-trip probe, in milliseconds. Default 1000.
+    pub probe_interval_ms: u64,
+    /// Redis: the node is not ready when no probe came back for this long, and its
+    /// pub/sub connection is re-established, in milliseconds. Default 5000.
+    pub probe_timeout_ms: u64,
+    /// Redis: a command that gets no answer within this time fails with 115
+    /// `unavailable`, in milliseconds. Default 3000.
+    pub command_timeout_ms: u64,
+    /// Redis: interval of the node registry heartbeat, in milliseconds. Default 2000.
+    pub node_heartbeat_ms: u64,
+    /// Redis: idempotency keys of HTTP/publisher publishes are remembered this long, in
+    /// seconds. Default 300.
+    pub idempotency_ttl_secs: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { url: "memory://".into() }
+        BrokerConfig {
+            url: "memory://".into(),
+            stream_meta_ttl_secs: 86_400,
+            presence_ttl_secs: 30,
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 5_000,
+            command_timeout_ms: 3_000,
+            node_heartbeat_ms: 2_000,
+            idempotency_ttl_secs: 300,
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! values are added once per batch by the writer rather than once per frame.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric of the gateway. Names are prefixed `switchboard_`.
@@ -42,6 +43,25 @@ pub struct Metrics {
     pub command_errors: IntCounterVec,
     /// Connections closed by the server, by code.
     pub disconnects: IntCounterVec,
+    /// 1 when the broker is ready (Redis: connected and the pub/sub probe comes back).
+    pub broker_ready: IntGauge,
+    /// Redis pub/sub channels this node is subscribed to (one per channel with local
+    /// subscribers, plus the probe).
+    pub broker_live_subscriptions: IntGauge,
+    /// Offset gaps in live traffic filled from the stream.
+    pub broker_gap_fills: IntCounter,
+    /// Live publications dropped because they were already delivered.
+    pub broker_duplicates: IntCounter,
+    /// Resubscribe-and-catch-up runs after the pub/sub connection came back.
+    pub broker_resyncs: IntCounter,
+    /// Times the pub/sub probe did not come back and the subscriber was reconnected.
+    pub broker_probe_failures: IntCounter,
+    /// Live messages or stream entries that could not be decoded.
+    pub broker_invalid_messages: IntCounter,
+    /// Nodes in the cluster registry.
+    pub cluster_nodes: IntGauge,
+    /// Connections per node, from the cluster registry.
+    pub cluster_node_connections: IntGaugeVec,
 }
 
 impl Metrics {
@@ -98,6 +118,19 @@ impl Metrics {
             auth_failures: counter_vec("auth_failures_total", "Failed token verifications", "reason"),
             command_errors: counter_vec("command_errors_total", "Commands answered with an error", "code"),
             disconnects: counter_vec("disconnects_total", "Connections closed by the server", "code"),
+            broker_ready: gauge("broker_ready", "1 when the broker is ready"),
+            broker_live_subscriptions: gauge("broker_live_subscriptions", "Redis pub/sub channels this node subscribes to"),
+            broker_gap_fills: counter("broker_gap_fills_total", "Offset gaps in live traffic filled from the stream"),
+            broker_duplicates: counter("broker_duplicates_total", "Live publications dropped as already delivered"),
+            broker_resyncs: counter("broker_resyncs_total", "Resubscribe and catch-up runs after a pub/sub reconnect"),
+            broker_probe_failures: counter("broker_probe_failures_total", "Pub/sub probes that did not come back"),
+            broker_invalid_messages: counter("broker_invalid_messages_total", "Undecodable live messages or stream entries"),
+            cluster_nodes: gauge("cluster_nodes", "Nodes in the cluster registry"),
+            cluster_node_connections: {
+                let g = IntGaugeVec::new(Opts::new("switchboard_cluster_node_connections", "Connections per node, from the cluster registry"), &["node"]).expect("valid");
+                registry.register(Box::new(g.clone())).expect("unique gauge vec");
+                g
+            },
             registry,
         }
     }

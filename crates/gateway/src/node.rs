@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::Verifier,
-    broker::{memory::MemoryBroker, Broker},
+    broker::{memory::MemoryBroker, redis::RedisBroker, Broker},
     channel::ChannelRules,
     config::Config,
     hub::{ConnId, Hub},
@@ -27,8 +27,11 @@ pub enum NodeError {
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     /// The broker URL is not supported.
-    #[error("unsupported broker url `{0}` (supported: memory://)")]
+    #[error("unsupported broker url `{0}` (supported: memory://, redis://)")]
     BrokerUrl(String),
+    /// The broker could not be set up.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// Everything a session or handler needs from its node.
@@ -40,7 +43,7 @@ pub struct Node {
     /// Token verification.
     pub verifier: Verifier,
     /// Channel namespace rules.
-    pub rules: ChannelRules,
+    pub rules: Arc<ChannelRules>,
     /// Local channel index.
     pub hub: Arc<Hub>,
     /// The broker.
@@ -66,15 +69,16 @@ impl Node {
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone(), config.limits.outbound_queue_frames));
-        let rules = ChannelRules::new(&config.namespaces, config.limits.max_channel_length);
+        let rules = Arc::new(ChannelRules::new(&config.namespaces, config.limits.max_channel_length));
         let id = config.node.name.clone().unwrap_or_else(random_node_id);
-        let broker: Arc<dyn Broker> = if config.broker.url.starts_with("memory://") {
-            let broker = Arc::new(MemoryBroker::new(hub.clone(), Duration::from_secs(3600)));
-            spawn_sweeper(
-                broker.clone(),
-                ChannelRules::new(&config.namespaces, config.limits.max_channel_length),
-            );
+        let url = config.broker.url.as_str();
+        let broker: Arc<dyn Broker> = if url.starts_with("memory://") {
+            let idle = Duration::from_secs(config.broker.stream_meta_ttl_secs);
+            let broker = Arc::new(MemoryBroker::new(hub.clone(), idle));
+            spawn_sweeper(broker.clone(), rules.clone());
             broker
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            RedisBroker::start(&config.broker, &id, hub.clone(), metrics.clone(), rules.clone())?
         } else {
             return Err(NodeError::BrokerUrl(config.broker.url.clone()));
         };
@@ -156,7 +160,7 @@ fn random_node_id() -> String {
     format!("{:08x}", rand::rng().random::<u32>())
 }
 
-fn spawn_sweeper(broker: Arc<MemoryBroker>, rules: ChannelRules) {
+fn spawn_sweeper(broker: Arc<MemoryBroker>, rules: Arc<ChannelRules>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {

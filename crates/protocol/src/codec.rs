@@ -103,6 +103,7 @@ const METHODS: &[&str] = &[
     "presence_stats",
     "history",
     "refresh",
+    "ack",
     "ping",
 ];
 

@@ -39,6 +39,8 @@ pub enum CommandBody {
     History(HistoryParams),
     /// Replace the connection token with a fresh one before it expires.
     Refresh(RefreshParams),
+    /// Acknowledge having processed a channel up to a position (offline delivery).
+    Ack(AckParams),
     /// Application-level ping; answered with an empty result.
     Ping(PingParams),
 }
@@ -55,6 +57,7 @@ impl CommandBody {
             CommandBody::PresenceStats(_) => "presence_stats",
             CommandBody::History(_) => "history",
             CommandBody::Refresh(_) => "refresh",
+            CommandBody::Ack(_) => "ack",
             CommandBody::Ping(_) => "ping",
         }
     }
@@ -123,6 +126,17 @@ pub struct HistoryParams {
     /// Maximum number of publications to return (server caps it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+}
+
+/// Parameters of `ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckParams {
+    /// Channel name.
+    pub channel: String,
+    /// Offset of the last publication the user has processed.
+    pub offset: u64,
+    /// Epoch of that publication.
+    pub epoch: String,
 }
 
 /// Parameters of `refresh`.

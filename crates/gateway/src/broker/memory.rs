@@ -29,6 +29,7 @@ use crate::channel::StreamOptions;
 pub struct MemoryBroker {
     streams: DashMap<Arc<str>, Arc<Mutex<Stream>>>,
     presence: DashMap<String, HashMap<String, ClientInfo>>,
+    acks: DashMap<(String, String), StreamPosition>,
     sink: Arc<dyn EventSink>,
     idle_ttl: Duration,
 }
@@ -63,7 +64,7 @@ impl MemoryBroker {
     /// A broker delivering into `sink`. Streams idle (no publish, no retained history) for
     /// `idle_ttl` are forgotten by [`MemoryBroker::sweep`].
     pub fn new(sink: Arc<dyn EventSink>, idle_ttl: Duration) -> MemoryBroker {
-        MemoryBroker { streams: DashMap::new(), presence: DashMap::new(), sink, idle_ttl }
+        MemoryBroker { streams: DashMap::new(), presence: DashMap::new(), acks: DashMap::new(), sink, idle_ttl }
     }
 
     fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
@@ -207,6 +208,18 @@ impl Broker for MemoryBroker {
                 PresenceStats { clients: m.len() as u64, users: users.len() as u64 }
             })
             .unwrap_or_default())
+    }
+
+    async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError> {
+        let mut entry = self.acks.entry((channel.to_string(), user.to_string())).or_insert(position.clone());
+        if entry.epoch != position.epoch || entry.offset < position.offset {
+            *entry = position;
+        }
+        Ok(())
+    }
+
+    async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
+        Ok(self.acks.get(&(channel.to_string(), user.to_string())).map(|p| p.clone()))
     }
 
     fn is_ready(&self) -> bool {

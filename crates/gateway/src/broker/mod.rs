@@ -7,6 +7,7 @@
 //! called in per-channel order and never concurrently for one channel.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -153,6 +154,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Presence counts of `channel`.
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError>;
+
+    /// Moves `user`'s acknowledged position in `channel` forward (never back within one
+    /// epoch). Used for offline delivery on the personal channel.
+    async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError>;
+
+    /// `user`'s acknowledged position in `channel`, if any.
+    async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError>;
 
     /// Whether the broker can currently serve requests (feeds `/readyz`).
     fn is_ready(&self) -> bool;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use switchboard_protocol::{
-    command::{ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams},
+    command::{AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams},
     reply::{
         ConnectResult, Empty, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
         RefreshResult, SubscribeResult,
@@ -25,6 +25,23 @@ use crate::{
     error::CommandError,
     hub::{encode_publication, wire_publication},
 };
+
+/// Where a new subscription starts.
+pub(super) enum Resume {
+    /// From now: no missed publications.
+    Live,
+    /// Exactly after this position, or `recovered: false` with nothing replayed.
+    Recover(StreamPosition),
+    /// Offline delivery: everything retained after the acknowledged position (all that is
+    /// retained when there is none), with `recovered` telling whether that is complete.
+    Pending(Option<StreamPosition>),
+}
+
+impl From<Option<StreamPosition>> for Resume {
+    fn from(position: Option<StreamPosition>) -> Resume {
+        position.map_or(Resume::Live, Resume::Recover)
+    }
+}
 
 /// A subscription whose history has been read but that is not live yet.
 pub(super) struct Prepared {
@@ -50,6 +67,7 @@ impl Session {
             CommandBody::PresenceStats(params) => self.presence_stats(id, params).await,
             CommandBody::History(params) => self.history(id, params).await,
             CommandBody::Refresh(params) => self.refresh(id, params),
+            CommandBody::Ack(params) => self.ack(id, params).await,
             CommandBody::Ping(_) => {
                 self.reply(id, Empty {});
                 Ok(())
@@ -106,7 +124,7 @@ impl Session {
         tracing::Span::current().record("user", user.as_str());
         self.identity = Some(Identity { user, expires_at: claims.exp, claims, refresh_sent: false });
         let prepared = match personal {
-            Some(channel) => match self.prepare(&channel, params.recover).await {
+            Some(channel) => match self.prepare_personal(&channel, params.recover).await {
                 Ok(prepared) => Some(prepared),
                 Err(error) => {
                     // Without its personal channel the connection would silently miss
@@ -164,7 +182,7 @@ impl Session {
             ));
         }
         self.authorize(&params.channel, &namespace, params.token.as_deref())?;
-        let prepared = self.prepare(&params.channel, params.recover).await?;
+        let prepared = self.prepare(&params.channel, params.recover.into()).await?;
         self.reply(id, prepared.result.clone());
         self.go_live(prepared).await;
         Ok(())
@@ -209,17 +227,27 @@ impl Session {
         self.authorize(channel, namespace, None)
     }
 
-    /// Registers a buffering subscription and reads what the client missed.
-    async fn prepare(
+    /// The personal channel at connect: the client's own position when it has one,
+    /// otherwise offline delivery from the user's acknowledged position.
+    async fn prepare_personal(
         &mut self,
         channel: &str,
-        recover: Option<StreamPosition>,
+        position: Option<StreamPosition>,
     ) -> Result<Prepared, CommandError> {
+        let resume = match position {
+            Some(position) => Resume::Recover(position),
+            None => Resume::Pending(self.node.broker.acked(channel, &self.identity().user).await?),
+        };
+        self.prepare(channel, resume).await
+    }
+
+    /// Registers a buffering subscription and reads what the client missed.
+    async fn prepare(&mut self, channel: &str, resume: Resume) -> Result<Prepared, CommandError> {
         let namespace = self.node.rules.resolve(channel)?.clone();
         if !self.node.hub.subscribe(channel, self.conn, self.outbox.clone(), self.encoding) {
             return Err(CommandError::refused(Code::AlreadySubscribed, "already subscribed"));
         }
-        match self.read_missed(channel, &namespace, recover).await {
+        match self.read_missed(channel, &namespace, resume).await {
             Ok((result, missed)) => Ok(Prepared { channel: channel.to_string(), namespace, result, missed }),
             Err(error) => {
                 self.node.hub.unsubscribe(channel, self.conn);
@@ -232,10 +260,10 @@ impl Session {
         &self,
         channel: &str,
         namespace: &Namespace,
-        recover: Option<StreamPosition>,
+        resume: Resume,
     ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
         self.node.broker.subscribe(channel).await?;
-        let missed = self.read_positioned(channel, namespace, recover).await;
+        let missed = self.read_positioned(channel, namespace, resume).await;
         if missed.is_err() {
             if let Err(error) = self.node.broker.unsubscribe(channel).await {
                 tracing::warn!(%error, %channel, "cannot drop broker interest");
@@ -249,14 +277,28 @@ impl Session {
         &self,
         channel: &str,
         namespace: &Namespace,
-        recover: Option<StreamPosition>,
+        resume: Resume,
     ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
         let broker = &self.node.broker;
         let stream = namespace.stream;
-        let Some(position) = recover else {
-            let page = broker.history(channel, Since::Latest, 0, stream).await?;
-            let result = subscribe_result(channel, &page.epoch, page.top, None, None);
-            return Ok((result, Vec::new()));
+        let position = match resume {
+            Resume::Live => {
+                let page = broker.history(channel, Since::Latest, 0, stream).await?;
+                let result = subscribe_result(channel, &page.epoch, page.top, None, None);
+                return Ok((result, Vec::new()));
+            }
+            Resume::Pending(acked) => {
+                let page = broker.history(channel, Since::Latest, stream.history_size, stream).await?;
+                let after = acked.as_ref().filter(|p| *p.epoch == *page.epoch).map_or(0, |p| p.offset);
+                let pending: Vec<Publication> =
+                    page.publications.into_iter().filter(|p| p.offset.is_some_and(|o| o > after)).collect();
+                let first = pending.first().and_then(|p| p.offset).unwrap_or(page.top + 1);
+                let complete = acked.as_ref().is_none_or(|p| *p.epoch == *page.epoch) && first == after + 1;
+                let missed = Some(pending.len() as u64);
+                let result = subscribe_result(channel, &page.epoch, page.top, Some(complete), missed);
+                return Ok((result, pending));
+            }
+            Resume::Recover(position) => position,
         };
         let from = position.offset;
         match broker.history(channel, Since::After(position), stream.history_size, stream).await {
@@ -405,6 +447,18 @@ impl Session {
         }
         let result = HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications };
         self.reply_waiting(id, result).await;
+        Ok(())
+    }
+
+    async fn ack(&mut self, id: u64, params: AckParams) -> Result<(), CommandError> {
+        let namespace = self.node.rules.resolve(&params.channel)?.clone();
+        if self.identity().user.is_empty() {
+            return Err(CommandError::refused(Code::NotAvailable, "anonymous connections cannot acknowledge"));
+        }
+        self.authorize_access(&params.channel, &namespace)?;
+        let position = StreamPosition { offset: params.offset, epoch: params.epoch };
+        self.node.broker.ack(&params.channel, &self.identity().user, position).await?;
+        self.reply(id, Empty {});
         Ok(())
     }
 

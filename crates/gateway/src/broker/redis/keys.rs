@@ -1,0 +1,74 @@
+//! Redis key and pub/sub channel names. `docs/redis.md` lists the same names; a test
+//! checks that every name built here appears there.
+//!
+//! Every name of one Switchboard channel embeds the channel as a hash tag `{<channel>}`,
+//! so a channel's keys share one Redis Cluster slot. Channel names cannot contain braces
+//! (see `channel::ALLOWED_PUNCTUATION`), so the tag is always the whole channel name.
+
+/// The channel's history stream (entry id `<offset>-0`, fields `t` and `b`).
+pub fn stream(channel: &str) -> String {
+    format!("sb:{{{channel}}}:stream")
+}
+
+/// The channel's stream metadata hash (`epoch`, `offset`).
+pub fn meta(channel: &str) -> String {
+    format!("sb:{{{channel}}}:meta")
+}
+
+/// The pub/sub channel carrying the channel's live events.
+pub fn live(channel: &str) -> String {
+    format!("sb:{{{channel}}}:live")
+}
+
+/// The Switchboard channel of a live pub/sub channel name, if it is one.
+pub fn channel_of_live(live: &str) -> Option<&str> {
+    live.strip_prefix("sb:{")?.strip_suffix("}:live")
+}
+
+/// An idempotency key of a publish into the channel.
+pub fn idempotency(channel: &str, key: &str) -> String {
+    format!("sb:{{{channel}}}:idem:{key}")
+}
+
+/// Presence: client id -> client info JSON.
+pub fn presence(channel: &str) -> String {
+    format!("sb:{{{channel}}}:presence")
+}
+
+/// Presence: client id -> expiry (Unix ms), sorted.
+pub fn presence_expiry(channel: &str) -> String {
+    format!("sb:{{{channel}}}:presence:expiry")
+}
+
+/// Presence: user id -> number of that user's connections present.
+pub fn presence_users(channel: &str) -> String {
+    format!("sb:{{{channel}}}:presence:users")
+}
+
+/// Acknowledged positions: user id -> `<offset>:<epoch>`.
+pub fn acks(channel: &str) -> String {
+    format!("sb:{{{channel}}}:acks")
+}
+
+/// Node registry: node id -> stats JSON.
+pub const NODES: &str = "sb:nodes";
+
+/// Node registry: node id -> last heartbeat (Unix ms), sorted.
+pub const NODES_SEEN: &str = "sb:nodes:seen";
+
+/// The pub/sub channel a node publishes its liveness probe to (and subscribes to).
+pub fn probe(node: &str) -> String {
+    format!("sb:probe:{node}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_names_round_trip() {
+        assert_eq!(live("chat:lobby"), "sb:{chat:lobby}:live");
+        assert_eq!(channel_of_live(&live("chat:lobby")), Some("chat:lobby"));
+        assert_eq!(channel_of_live("sb:probe:n1"), None);
+    }
+}

@@ -1,0 +1,416 @@
+//! The Redis broker: cluster mode for Redis >= 7, on `fred`.
+//!
+//! Publishing is one call of the `sb_publish` Redis Function (see `switchboard.lua`): it
+//! assigns the offset, appends to the channel's stream and publishes on the channel's
+//! live pub/sub channel atomically, so history and live traffic never disagree. History
+//! and presence are Redis Functions too, so each is one round trip and atomic.
+//!
+//! Two connections per node: one for commands (`client`), one for pub/sub (see
+//! `subscriber`). Both reconnect with exponential backoff; commands fail fast while Redis
+//! is unreachable (the session answers 115 `unavailable`), and client WebSockets stay up.
+
+pub mod keys;
+mod registry;
+mod subscriber;
+pub mod wire;
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use fred::{clients::SubscriberClient, prelude::*};
+use switchboard_protocol::{ClientInfo, StreamPosition};
+
+use super::{
+    Broker, BrokerError, ChannelEvent, EventSink, HistoryPage, NewPublication, PresenceStats, Publication, Since,
+};
+use crate::{
+    channel::{ChannelRules, StreamOptions},
+    config::BrokerConfig,
+    metrics::Metrics,
+};
+
+/// The Functions library source, loaded with `FUNCTION LOAD REPLACE`.
+pub const LIBRARY: &str = include_str!("switchboard.lua");
+
+impl From<fred::error::Error> for BrokerError {
+    fn from(error: fred::error::Error) -> Self {
+        BrokerError::Unavailable(error.to_string())
+    }
+}
+
+/// What the broker's tasks share.
+pub(crate) struct RedisShared {
+    client: Client,
+    config: BrokerConfig,
+    node_id: String,
+    sink: Arc<dyn EventSink>,
+    metrics: Arc<Metrics>,
+    rules: Arc<ChannelRules>,
+}
+
+/// The Redis broker.
+pub struct RedisBroker {
+    shared: Arc<RedisShared>,
+    subscriber: subscriber::Subscriber,
+    /// Presence entries of this node's connections, refreshed before they expire.
+    local_presence: Arc<DashMap<String, HashSet<String>>>,
+}
+
+impl RedisBroker {
+    /// Connects (in the background) and starts the broker's tasks.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the URL is invalid.
+    pub fn start(
+        config: &BrokerConfig,
+        node_id: &str,
+        sink: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+        rules: Arc<ChannelRules>,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let mut redis_config = Config::from_url(&config.url)?;
+        redis_config.fail_fast = true;
+        let command_timeout = Duration::from_millis(config.command_timeout_ms);
+        let builder = {
+            let mut builder = Builder::from_config(redis_config);
+            builder
+                .with_performance_config(|performance| {
+                    performance.default_command_timeout = command_timeout;
+                    performance.broadcast_channel_capacity = 1 << 16;
+                })
+                .with_connection_config(|connection| {
+                    connection.connection_timeout = Duration::from_secs(2);
+                    connection.internal_command_timeout = command_timeout;
+                    connection.max_command_attempts = 1;
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+            builder
+        };
+        let client = builder.build()?;
+        let pubsub: SubscriberClient = builder.build_subscriber_client()?;
+        let shared = Arc::new(RedisShared {
+            client: client.clone(),
+            config: config.clone(),
+            node_id: node_id.to_string(),
+            sink,
+            metrics,
+            rules,
+        });
+        spawn_function_loader(shared.clone());
+        client.connect();
+        pubsub.connect();
+        let subscriber = subscriber::Subscriber::start(pubsub, shared.clone());
+        let broker = Arc::new(RedisBroker { shared, subscriber, local_presence: Arc::new(DashMap::new()) });
+        broker.spawn_presence_keeper();
+        registry::spawn(broker.shared.clone());
+        Ok(broker)
+    }
+
+    /// Refreshes this node's presence entries and expires dead ones (emitting their
+    /// leave events) well within the presence TTL.
+    fn spawn_presence_keeper(&self) {
+        let shared = self.shared.clone();
+        let local = self.local_presence.clone();
+        tokio::spawn(async move {
+            let ttl = Duration::from_secs(shared.config.presence_ttl_secs.max(1));
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let snapshot: Vec<(String, Vec<String>)> =
+                    local.iter().map(|e| (e.key().clone(), e.value().iter().cloned().collect())).collect();
+                for (channel, clients) in snapshot {
+                    let mut args = vec![(ttl.as_millis() as u64).to_string()];
+                    args.extend(clients);
+                    if let Err(error) = shared.fcall("sb_presence_refresh", presence_keys(&channel), args).await {
+                        tracing::debug!(%error, %channel, "cannot refresh presence");
+                        continue;
+                    }
+                    match shared.fcall("sb_presence_expire", presence_keys(&channel), Vec::new()).await {
+                        Ok(expired) => shared.emit_leaves(&channel, strings(expired)).await,
+                        Err(error) => tracing::debug!(%error, %channel, "cannot expire presence"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn spawn_function_loader(shared: Arc<RedisShared>) {
+    let mut connects = shared.client.reconnect_rx();
+    tokio::spawn(async move {
+        loop {
+            match connects.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(error) = shared.load_functions().await {
+                        tracing::warn!(%error, "cannot load the Redis Functions library");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+fn presence_keys(channel: &str) -> Vec<String> {
+    vec![keys::presence(channel), keys::presence_expiry(channel), keys::presence_users(channel)]
+}
+
+fn strings(value: Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.into_iter().filter_map(|v| v.as_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn integer(value: &Value) -> Option<u64> {
+    match value {
+        Value::Integer(n) => u64::try_from(*n).ok(),
+        other => other.as_str().and_then(|s| s.parse().ok()),
+    }
+}
+
+impl RedisShared {
+    async fn load_functions(&self) -> Result<(), BrokerError> {
+        let _: Value = self.client.function_load(true, LIBRARY).await?;
+        tracing::info!("Redis Functions library loaded");
+        Ok(())
+    }
+
+    /// Calls a library function, loading the library once if Redis does not know it
+    /// (a restarted or wiped Redis).
+    async fn fcall(&self, function: &str, keys: Vec<String>, args: Vec<String>) -> Result<Value, BrokerError> {
+        match self.client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await {
+            Err(error) if error.details().contains("Function not found") => {
+                self.load_functions().await?;
+                Ok(self.client.fcall(function, keys, args).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn stream_options(&self, channel: &str) -> StreamOptions {
+        self.rules.resolve(channel).map(|ns| ns.stream).unwrap_or(StreamOptions {
+            history_size: 0,
+            history_ttl: Duration::from_secs(self.config.stream_meta_ttl_secs),
+        })
+    }
+
+    fn meta_ttl_ms(&self, stream: StreamOptions) -> u64 {
+        (self.config.stream_meta_ttl_secs * 1000).max(stream.history_ttl.as_millis() as u64)
+    }
+
+    /// One `sb_history` call: the epoch, the top offset and the publications.
+    async fn read(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+        stream: StreamOptions,
+    ) -> Result<(Arc<str>, u64, Vec<Publication>), BrokerError> {
+        let args = vec![
+            if after.is_some() { "after" } else { "latest" }.to_string(),
+            after.unwrap_or(0).to_string(),
+            limit.to_string(),
+            (stream.history_ttl.as_millis() as u64).to_string(),
+            self.meta_ttl_ms(stream).to_string(),
+        ];
+        let reply = self.fcall("sb_history", vec![keys::stream(channel), keys::meta(channel)], args).await?;
+        let Value::Array(items) = reply else {
+            return Err(BrokerError::Unavailable("unexpected sb_history reply".into()));
+        };
+        let mut items = items.into_iter();
+        let epoch: Arc<str> = Arc::from(items.next().and_then(|v| v.as_string()).unwrap_or_default());
+        let top = items.next().as_ref().and_then(integer).unwrap_or(0);
+        let name: Arc<str> = Arc::from(channel);
+        let mut publications = Vec::new();
+        while let (Some(offset), Some(ts), Some(body)) = (items.next(), items.next(), items.next()) {
+            let (Some(offset), Some(ts), Some(body)) = (integer(&offset), integer(&ts), body.as_string()) else {
+                continue;
+            };
+            match wire::publication(&name, Some((offset, epoch.clone())), ts, &body) {
+                Ok(publication) => publications.push(publication),
+                Err(error) => {
+                    self.metrics.broker_invalid_messages.inc();
+                    tracing::warn!(%error, %channel, offset, "skipping an undecodable stream entry");
+                }
+            }
+        }
+        Ok((epoch, top, publications))
+    }
+
+    /// Publications after `from`, as far as the stream holds them.
+    async fn read_after(&self, channel: &str, from: u64) -> Result<(Arc<str>, Vec<Publication>), BrokerError> {
+        let stream = self.stream_options(channel);
+        let limit = stream.history_size.clamp(1, 10_000);
+        let (epoch, _, publications) = self.read(channel, Some(from), limit, stream).await?;
+        Ok((epoch, publications))
+    }
+
+    async fn publish_live(&self, channel: &str, message: String) -> Result<(), BrokerError> {
+        let _: i64 = self.client.publish(keys::live(channel), message).await?;
+        Ok(())
+    }
+
+    /// Emits leave events for expired presence entries (JSON client infos).
+    async fn emit_leaves(&self, channel: &str, expired: Vec<String>) {
+        if expired.is_empty() || !self.rules.resolve(channel).is_ok_and(|ns| ns.config.join_leave) {
+            return;
+        }
+        for info in expired {
+            let message = match serde_json::from_str::<ClientInfo>(&info) {
+                Ok(client) => wire::presence_event(false, &client),
+                Err(error) => {
+                    tracing::warn!(%error, %channel, "undecodable presence entry");
+                    continue;
+                }
+            };
+            if let Ok(message) = message {
+                if let Err(error) = self.publish_live(channel, message).await {
+                    tracing::warn!(%error, %channel, "cannot emit leave of an expired connection");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.subscriber.subscribe(channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.subscriber.unsubscribe(channel).await;
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: NewPublication,
+        stream: StreamOptions,
+    ) -> Result<Option<StreamPosition>, BrokerError> {
+        let body = wire::body(publication.event.as_deref(), &publication.data, publication.from.as_ref())
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        if publication.ephemeral {
+            let message =
+                wire::ephemeral(super::unix_millis(), &body).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            self.shared.publish_live(channel, message).await?;
+            return Ok(None);
+        }
+        let args = vec![
+            keys::live(channel),
+            body,
+            stream.history_size.to_string(),
+            (stream.history_ttl.as_millis() as u64).max(1).to_string(),
+            self.shared.meta_ttl_ms(stream).to_string(),
+        ];
+        let reply = self.shared.fcall("sb_publish", vec![keys::stream(channel), keys::meta(channel)], args).await?;
+        match reply {
+            Value::Array(items) if items.len() >= 2 => {
+                let offset = integer(&items[0]).ok_or_else(|| BrokerError::Unavailable("bad offset".into()))?;
+                let epoch = items[1].as_string().unwrap_or_default();
+                Ok(Some(StreamPosition { offset, epoch }))
+            }
+            other => Err(BrokerError::Unavailable(format!("unexpected sb_publish reply {other:?}"))),
+        }
+    }
+
+    async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
+        let message = match &event {
+            ChannelEvent::Join(client) => wire::presence_event(true, client),
+            ChannelEvent::Leave(client) => wire::presence_event(false, client),
+            ChannelEvent::Publication(_) => return Ok(()),
+        }
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        self.shared.publish_live(channel, message).await
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+        stream: StreamOptions,
+    ) -> Result<HistoryPage, BrokerError> {
+        let after = match &since {
+            Since::Latest => None,
+            Since::After(position) => Some(position.offset),
+        };
+        let (epoch, top, publications) = self.shared.read(channel, after, limit, stream).await?;
+        if let Since::After(position) = since {
+            let first = publications.first().and_then(|p| p.offset);
+            let continuous = position.offset == top || first == Some(position.offset + 1);
+            if *position.epoch != *epoch || position.offset > top || !continuous {
+                return Err(BrokerError::PositionLost { offset: position.offset, epoch: position.epoch });
+            }
+        }
+        Ok(HistoryPage { epoch, top, publications })
+    }
+
+    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        let ttl_ms = self.shared.config.presence_ttl_secs.max(1) * 1000;
+        let info = serde_json::to_string(&client).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let args = vec![client.client.clone(), client.user.clone(), info, ttl_ms.to_string()];
+        self.shared.fcall("sb_presence_add", presence_keys(channel), args).await?;
+        self.local_presence.entry(channel.to_string()).or_default().insert(client.client);
+        Ok(())
+    }
+
+    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+        if let dashmap::Entry::Occupied(mut entry) = self.local_presence.entry(channel.to_string()) {
+            entry.get_mut().remove(client_id);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+        self.shared.fcall("sb_presence_remove", presence_keys(channel), vec![client_id.to_string()]).await?;
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        let reply = strings(self.shared.fcall("sb_presence_list", presence_keys(channel), Vec::new()).await?);
+        let split = reply.iter().position(String::is_empty).unwrap_or(reply.len());
+        let (expired, present) = reply.split_at(split);
+        self.shared.emit_leaves(channel, expired.to_vec()).await;
+        Ok(present.iter().skip(1).filter_map(|info| serde_json::from_str(info).ok()).collect())
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
+        let reply = self.shared.fcall("sb_presence_stats", presence_keys(channel), Vec::new()).await?;
+        let Value::Array(items) = reply else {
+            return Err(BrokerError::Unavailable("unexpected sb_presence_stats reply".into()));
+        };
+        let clients = items.first().and_then(integer).unwrap_or(0);
+        let users = items.get(1).and_then(integer).unwrap_or(0);
+        let expired = items.into_iter().skip(2).filter_map(|v| v.as_string()).collect();
+        self.shared.emit_leaves(channel, expired).await;
+        Ok(PresenceStats { clients, users })
+    }
+
+    async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError> {
+        let ttl_ms = self.shared.meta_ttl_ms(self.shared.stream_options(channel));
+        let args = vec![user.to_string(), position.offset.to_string(), position.epoch, ttl_ms.to_string()];
+        self.shared.fcall("sb_ack", vec![keys::acks(channel)], args).await?;
+        Ok(())
+    }
+
+    async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
+        let value: Option<String> = self.shared.client.hget(keys::acks(channel), user).await?;
+        Ok(value.and_then(|v| {
+            let (offset, epoch) = v.split_once(':')?;
+            Some(StreamPosition { offset: offset.parse().ok()?, epoch: epoch.to_string() })
+        }))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.client.is_connected()
+            && self.subscriber.is_healthy(Duration::from_millis(self.shared.config.probe_timeout_ms))
+    }
+}

@@ -1,0 +1,53 @@
+//! The node registry: every node heartbeats its stats into Redis, and reads everybody's,
+//! so each node's metrics show the cluster's size and per-node load.
+
+use std::{sync::Arc, time::Duration};
+
+use fred::prelude::*;
+
+use super::{keys, RedisShared};
+
+/// Starts the heartbeat task.
+pub(super) fn spawn(shared: Arc<RedisShared>) {
+    tokio::spawn(async move {
+        let interval = Duration::from_millis(shared.config.node_heartbeat_ms.max(100));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = heartbeat(&shared, interval).await {
+                tracing::debug!(%error, "node heartbeat failed");
+            }
+        }
+    });
+}
+
+async fn heartbeat(shared: &RedisShared, interval: Duration) -> Result<(), Error> {
+    let now = crate::broker::unix_millis();
+    let stats = serde_json::json!({
+        "connections": shared.metrics.connections.get(),
+        "subscriptions": shared.metrics.subscriptions.get(),
+        "channels": shared.metrics.channels.get(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "seen_ms": now,
+    });
+    let _: () = shared.client.hset(keys::NODES, (shared.node_id.as_str(), stats.to_string())).await?;
+    let _: () = shared.client.zadd(keys::NODES_SEEN, None, None, false, false, (now as f64, shared.node_id.as_str())).await?;
+    let stale_before = now.saturating_sub(interval.as_millis() as u64 * 3);
+    let stale: Vec<String> = shared.client.zrangebyscore(keys::NODES_SEEN, "-inf", stale_before as f64, false, None).await?;
+    if !stale.is_empty() {
+        let _: () = shared.client.zrem(keys::NODES_SEEN, stale.clone()).await?;
+        let _: () = shared.client.hdel(keys::NODES, stale).await?;
+    }
+    let nodes: std::collections::HashMap<String, String> = shared.client.hgetall(keys::NODES).await?;
+    shared.metrics.cluster_nodes.set(nodes.len() as i64);
+    shared.metrics.cluster_node_connections.reset();
+    for (node, stats) in nodes {
+        let connections = serde_json::from_str::<serde_json::Value>(&stats)
+            .ok()
+            .and_then(|s| s["connections"].as_i64())
+            .unwrap_or(0);
+        shared.metrics.cluster_node_connections.with_label_values(&[&node]).set(connections);
+    }
+    Ok(())
+}

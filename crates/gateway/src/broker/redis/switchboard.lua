@@ -1,0 +1,244 @@
+#!lua name=switchboard
+-- Switchboard's Redis Functions library (Redis >= 7). Loaded by every gateway node at
+-- start and after every reconnect (FUNCTION LOAD REPLACE), and by the publisher crate.
+-- docs/redis.md is the contract; keep the two in step. The library version below is
+-- returned by sb_version so callers can tell which contract a server speaks.
+--
+-- Every key of one channel carries the channel name as a hash tag, {<channel>}, so that
+-- all of them live in one slot of a Redis Cluster.
+
+local VERSION = '1'
+
+-- A new epoch: server time in microseconds, hex. Unique per stream reset because resets
+-- of one stream are serialized by Redis.
+local function new_epoch()
+  local t = redis.call('TIME')
+  return string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The stream's epoch, creating the stream metadata (and dropping any orphaned stream
+-- entries, whose offsets would clash) when it does not exist.
+local function ensure_epoch(stream, meta)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = new_epoch()
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  return epoch
+end
+
+local function check_body(body)
+  local ok, decoded = pcall(cjson.decode, body)
+  if not ok or type(decoded) ~= 'table' or decoded['data'] == nil then
+    return false
+  end
+  if decoded['event'] ~= nil and type(decoded['event']) ~= 'string' then
+    return false
+  end
+  return true
+end
+
+-- FCALL sb_publish 2|3 <stream key> <meta key> [<idempotency key>]
+--       <live channel> <body JSON> <history size> <history ttl ms> <meta ttl ms> [<idempotency ttl ms>]
+-- Assigns the next offset, appends to the stream (trimmed to <history size>), refreshes
+-- TTLs and publishes {"o":offset,"e":epoch,"t":ts,"b":body} on <live channel>, all in one
+-- atomic step. Returns {offset, epoch, duplicate(0|1)}. With an idempotency key that was
+-- already used within its TTL, nothing is published and the first result is returned.
+local function publish(keys, args)
+  local stream, meta, idem = keys[1], keys[2], keys[3]
+  local live, body = args[1], args[2]
+  local size, ttl, meta_ttl = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  if not live or not body or not size or not ttl or not meta_ttl then
+    return redis.error_reply('ERR sb_publish: expected <live channel> <body> <history size> <history ttl ms> <meta ttl ms>')
+  end
+  if idem then
+    local seen = redis.call('GET', idem)
+    if seen then
+      local sep = string.find(seen, ':', 1, true)
+      return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+    end
+  end
+  if not check_body(body) then
+    return redis.error_reply('ERR sb_publish: body must be a JSON object with a "data" field and an optional string "event"')
+  end
+  local epoch = ensure_epoch(stream, meta)
+  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  local ts = now_ms()
+  if size > 0 then
+    redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 't', ts, 'b', body)
+    redis.call('PEXPIRE', stream, ttl)
+  end
+  redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl))
+  redis.call('PUBLISH', live, '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ts .. ',"b":' .. body .. '}')
+  if idem then
+    local idem_ttl = tonumber(args[6]) or 60000
+    redis.call('SET', idem, offset .. ':' .. epoch, 'PX', idem_ttl)
+  end
+  return {offset, epoch, 0}
+end
+
+-- FCALL sb_history 2 <stream key> <meta key> <mode: latest|after> <offset> <limit> <history ttl ms> <meta ttl ms>
+-- Returns {epoch, top, offset1, ts1, body1, offset2, ...}, oldest first: the newest <limit>
+-- entries (latest), or up to <limit> entries after <offset> (after). Entries older than
+-- <history ttl ms> are not returned. Creates the stream metadata if missing, so that a
+-- subscriber learns the epoch before the first publication.
+local function history(keys, args)
+  local stream, meta = keys[1], keys[2]
+  local mode, after, limit = args[1], tonumber(args[2]), tonumber(args[3])
+  local ttl, meta_ttl = tonumber(args[4]), tonumber(args[5])
+  local epoch = ensure_epoch(stream, meta)
+  redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
+  local top = tonumber(redis.call('HGET', meta, 'offset'))
+  local entries = {}
+  if limit > 0 then
+    if mode == 'after' then
+      entries = redis.call('XRANGE', stream, '(' .. after .. '-0', '+', 'COUNT', limit)
+    else
+      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+      for i = #newest, 1, -1 do
+        entries[#entries + 1] = newest[i]
+      end
+    end
+  end
+  local oldest = now_ms() - ttl
+  local out = {epoch, top}
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    local ts, body
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then ts = tonumber(fields[i + 1]) elseif fields[i] == 'b' then body = fields[i + 1] end
+    end
+    if ts and ts >= oldest then
+      local id = entry[1]
+      out[#out + 1] = tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+      out[#out + 1] = ts
+      out[#out + 1] = body
+    end
+  end
+  return out
+end
+
+local function presence_remove_one(hash, zset, users, client)
+  local info = redis.call('HGET', hash, client)
+  if not info then
+    return nil
+  end
+  redis.call('HDEL', hash, client)
+  redis.call('ZREM', zset, client)
+  local ok, decoded = pcall(cjson.decode, info)
+  local user = (ok and type(decoded) == 'table' and decoded['user']) or ''
+  if redis.call('HINCRBY', users, user, -1) <= 0 then
+    redis.call('HDEL', users, user)
+  end
+  return info
+end
+
+-- Expired entries are removed and returned so that exactly one caller emits their leave.
+local function presence_expire(hash, zset, users)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms())
+  local removed = {}
+  for _, client in ipairs(expired) do
+    local info = presence_remove_one(hash, zset, users, client)
+    if info then
+      removed[#removed + 1] = info
+    end
+  end
+  return removed
+end
+
+-- FCALL sb_presence_add 3 <hash> <zset> <users> <client id> <user> <client info JSON> <ttl ms>
+local function presence_add(keys, args)
+  local hash, zset, users = keys[1], keys[2], keys[3]
+  local client, user, info, ttl = args[1], args[2], args[3], tonumber(args[4])
+  if redis.call('HSET', hash, client, info) == 1 then
+    redis.call('HINCRBY', users, user, 1)
+  end
+  redis.call('ZADD', zset, now_ms() + ttl, client)
+  for _, key in ipairs(keys) do
+    redis.call('PEXPIRE', key, ttl * 2)
+  end
+  return 1
+end
+
+-- FCALL sb_presence_refresh 3 <hash> <zset> <users> <ttl ms> <client id>...
+local function presence_refresh(keys, args)
+  local ttl = tonumber(args[1])
+  local expiry = now_ms() + ttl
+  for i = 2, #args do
+    redis.call('ZADD', keys[2], 'XX', expiry, args[i])
+  end
+  for _, key in ipairs(keys) do
+    redis.call('PEXPIRE', key, ttl * 2)
+  end
+  return 1
+end
+
+-- FCALL sb_presence_remove 3 <hash> <zset> <users> <client id>
+local function presence_remove(keys, args)
+  if presence_remove_one(keys[1], keys[2], keys[3], args[1]) then
+    return 1
+  end
+  return 0
+end
+
+-- FCALL sb_presence_expire 3 <hash> <zset> <users>  -> {expired client info JSON...}
+local function presence_expire_fn(keys, args)
+  return presence_expire(keys[1], keys[2], keys[3])
+end
+
+-- FCALL sb_presence_list 3 <hash> <zset> <users> -> {expired..., '', present client info JSON...}
+local function presence_list(keys, args)
+  local out = presence_expire(keys[1], keys[2], keys[3])
+  out[#out + 1] = ''
+  for _, info in ipairs(redis.call('HVALS', keys[1])) do
+    out[#out + 1] = info
+  end
+  return out
+end
+
+-- FCALL sb_presence_stats 3 <hash> <zset> <users> -> {clients, users, expired client info JSON...}
+local function presence_stats(keys, args)
+  local expired = presence_expire(keys[1], keys[2], keys[3])
+  local out = {redis.call('HLEN', keys[1]), redis.call('HLEN', keys[3])}
+  for _, info in ipairs(expired) do
+    out[#out + 1] = info
+  end
+  return out
+end
+
+-- FCALL sb_ack 1 <acks> <user> <offset> <epoch> <ttl ms>
+-- Moves the user's acknowledged position forward (never back within one epoch).
+local function ack(keys, args)
+  local current = redis.call('HGET', keys[1], args[1])
+  if current then
+    local sep = string.find(current, ':', 1, true)
+    local offset, epoch = tonumber(string.sub(current, 1, sep - 1)), string.sub(current, sep + 1)
+    if epoch == args[3] and offset >= tonumber(args[2]) then
+      return 0
+    end
+  end
+  redis.call('HSET', keys[1], args[1], args[2] .. ':' .. args[3])
+  redis.call('PEXPIRE', keys[1], tonumber(args[4]))
+  return 1
+end
+
+local function version()
+  return VERSION
+end
+
+redis.register_function('sb_publish', publish)
+redis.register_function('sb_history', history)
+redis.register_function('sb_presence_add', presence_add)
+redis.register_function('sb_presence_refresh', presence_refresh)
+redis.register_function('sb_presence_remove', presence_remove)
+redis.register_function('sb_presence_expire', presence_expire_fn)
+redis.register_function('sb_presence_list', presence_list)
+redis.register_function('sb_presence_stats', presence_stats)
+redis.register_function('sb_ack', ack)
+redis.register_function{function_name = 'sb_version', callback = version, flags = {'no-writes'}}
