@@ -119,15 +119,40 @@ impl Metrics {
             command_errors: counter_vec("command_errors_total", "Commands answered with an error", "code"),
             disconnects: counter_vec("disconnects_total", "Connections closed by the server", "code"),
             broker_ready: gauge("broker_ready", "1 when the broker is ready"),
-            broker_live_subscriptions: gauge("broker_live_subscriptions", "Redis pub/sub channels this node subscribes to"),
-            broker_gap_fills: counter("broker_gap_fills_total", "Offset gaps in live traffic filled from the stream"),
-            broker_duplicates: counter("broker_duplicates_total", "Live publications dropped as already delivered"),
-            broker_resyncs: counter("broker_resyncs_total", "Resubscribe and catch-up runs after a pub/sub reconnect"),
-            broker_probe_failures: counter("broker_probe_failures_total", "Pub/sub probes that did not come back"),
-            broker_invalid_messages: counter("broker_invalid_messages_total", "Undecodable live messages or stream entries"),
+            broker_live_subscriptions: gauge(
+                "broker_live_subscriptions",
+                "Redis pub/sub channels this node subscribes to",
+            ),
+            broker_gap_fills: counter(
+                "broker_gap_fills_total",
+                "Offset gaps in live traffic filled from the stream",
+            ),
+            broker_duplicates: counter(
+                "broker_duplicates_total",
+                "Live publications dropped as already delivered",
+            ),
+            broker_resyncs: counter(
+                "broker_resyncs_total",
+                "Resubscribe and catch-up runs after a pub/sub reconnect",
+            ),
+            broker_probe_failures: counter(
+                "broker_probe_failures_total",
+                "Pub/sub probes that did not come back",
+            ),
+            broker_invalid_messages: counter(
+                "broker_invalid_messages_total",
+                "Undecodable live messages or stream entries",
+            ),
             cluster_nodes: gauge("cluster_nodes", "Nodes in the cluster registry"),
             cluster_node_connections: {
-                let g = IntGaugeVec::new(Opts::new("switchboard_cluster_node_connections", "Connections per node, from the cluster registry"), &["node"]).expect("valid");
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "switchboard_cluster_node_connections",
+                        "Connections per node, from the cluster registry",
+                    ),
+                    &["node"],
+                )
+                .expect("valid");
                 registry.register(Box::new(g.clone())).expect("unique gauge vec");
                 g
             },

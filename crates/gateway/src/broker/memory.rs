@@ -64,7 +64,13 @@ impl MemoryBroker {
     /// A broker delivering into `sink`. Streams idle (no publish, no retained history) for
     /// `idle_ttl` are forgotten by [`MemoryBroker::sweep`].
     pub fn new(sink: Arc<dyn EventSink>, idle_ttl: Duration) -> MemoryBroker {
-        MemoryBroker { streams: DashMap::new(), presence: DashMap::new(), acks: DashMap::new(), sink, idle_ttl }
+        MemoryBroker {
+            streams: DashMap::new(),
+            presence: DashMap::new(),
+            acks: DashMap::new(),
+            sink,
+            idle_ttl,
+        }
     }
 
     fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use switchboard_protocol::{
-    command::{AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams},
+    command::{
+        AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
+    },
     reply::{
         ConnectResult, Empty, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
         RefreshResult, SubscribeResult,
@@ -453,7 +455,10 @@ impl Session {
     async fn ack(&mut self, id: u64, params: AckParams) -> Result<(), CommandError> {
         let namespace = self.node.rules.resolve(&params.channel)?.clone();
         if self.identity().user.is_empty() {
-            return Err(CommandError::refused(Code::NotAvailable, "anonymous connections cannot acknowledge"));
+            return Err(CommandError::refused(
+                Code::NotAvailable,
+                "anonymous connections cannot acknowledge",
+            ));
         }
         self.authorize_access(&params.channel, &namespace)?;
         let position = StreamPosition { offset: params.offset, epoch: params.epoch };

@@ -14,11 +14,7 @@ mod registry;
 mod subscriber;
 pub mod wire;
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -26,7 +22,8 @@ use fred::{clients::SubscriberClient, prelude::*};
 use switchboard_protocol::{ClientInfo, StreamPosition};
 
 use super::{
-    Broker, BrokerError, ChannelEvent, EventSink, HistoryPage, NewPublication, PresenceStats, Publication, Since,
+    Broker, BrokerError, ChannelEvent, EventSink, HistoryPage, NewPublication, PresenceStats, Publication,
+    Since,
 };
 use crate::{
     channel::{ChannelRules, StreamOptions},
@@ -101,10 +98,12 @@ impl RedisBroker {
             metrics,
             rules,
         });
+        // Event receivers are taken before connecting so that the first connection's
+        // event (load functions, subscribe) is not missed.
         spawn_function_loader(shared.clone());
+        let subscriber = subscriber::Subscriber::start(pubsub.clone(), shared.clone());
         client.connect();
         pubsub.connect();
-        let subscriber = subscriber::Subscriber::start(pubsub, shared.clone());
         let broker = Arc::new(RedisBroker { shared, subscriber, local_presence: Arc::new(DashMap::new()) });
         broker.spawn_presence_keeper();
         registry::spawn(broker.shared.clone());
@@ -127,7 +126,9 @@ impl RedisBroker {
                 for (channel, clients) in snapshot {
                     let mut args = vec![(ttl.as_millis() as u64).to_string()];
                     args.extend(clients);
-                    if let Err(error) = shared.fcall("sb_presence_refresh", presence_keys(&channel), args).await {
+                    if let Err(error) =
+                        shared.fcall("sb_presence_refresh", presence_keys(&channel), args).await
+                    {
                         tracing::debug!(%error, %channel, "cannot refresh presence");
                         continue;
                     }
@@ -184,7 +185,12 @@ impl RedisShared {
 
     /// Calls a library function, loading the library once if Redis does not know it
     /// (a restarted or wiped Redis).
-    async fn fcall(&self, function: &str, keys: Vec<String>, args: Vec<String>) -> Result<Value, BrokerError> {
+    async fn fcall(
+        &self,
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, BrokerError> {
         match self.client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await {
             Err(error) if error.details().contains("Function not found") => {
                 self.load_functions().await?;
@@ -230,7 +236,8 @@ impl RedisShared {
         let name: Arc<str> = Arc::from(channel);
         let mut publications = Vec::new();
         while let (Some(offset), Some(ts), Some(body)) = (items.next(), items.next(), items.next()) {
-            let (Some(offset), Some(ts), Some(body)) = (integer(&offset), integer(&ts), body.as_string()) else {
+            let (Some(offset), Some(ts), Some(body)) = (integer(&offset), integer(&ts), body.as_string())
+            else {
                 continue;
             };
             match wire::publication(&name, Some((offset, epoch.clone())), ts, &body) {
@@ -245,7 +252,11 @@ impl RedisShared {
     }
 
     /// Publications after `from`, as far as the stream holds them.
-    async fn read_after(&self, channel: &str, from: u64) -> Result<(Arc<str>, Vec<Publication>), BrokerError> {
+    async fn read_after(
+        &self,
+        channel: &str,
+        from: u64,
+    ) -> Result<(Arc<str>, Vec<Publication>), BrokerError> {
         let stream = self.stream_options(channel);
         let limit = stream.history_size.clamp(1, 10_000);
         let (epoch, _, publications) = self.read(channel, Some(from), limit, stream).await?;
@@ -299,8 +310,8 @@ impl Broker for RedisBroker {
         let body = wire::body(publication.event.as_deref(), &publication.data, publication.from.as_ref())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         if publication.ephemeral {
-            let message =
-                wire::ephemeral(super::unix_millis(), &body).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let message = wire::ephemeral(super::unix_millis(), &body)
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             self.shared.publish_live(channel, message).await?;
             return Ok(None);
         }
@@ -311,10 +322,12 @@ impl Broker for RedisBroker {
             (stream.history_ttl.as_millis() as u64).max(1).to_string(),
             self.shared.meta_ttl_ms(stream).to_string(),
         ];
-        let reply = self.shared.fcall("sb_publish", vec![keys::stream(channel), keys::meta(channel)], args).await?;
+        let reply =
+            self.shared.fcall("sb_publish", vec![keys::stream(channel), keys::meta(channel)], args).await?;
         match reply {
             Value::Array(items) if items.len() >= 2 => {
-                let offset = integer(&items[0]).ok_or_else(|| BrokerError::Unavailable("bad offset".into()))?;
+                let offset =
+                    integer(&items[0]).ok_or_else(|| BrokerError::Unavailable("bad offset".into()))?;
                 let epoch = items[1].as_string().unwrap_or_default();
                 Ok(Some(StreamPosition { offset, epoch }))
             }

@@ -32,9 +32,13 @@ async fn heartbeat(shared: &RedisShared, interval: Duration) -> Result<(), Error
         "seen_ms": now,
     });
     let _: () = shared.client.hset(keys::NODES, (shared.node_id.as_str(), stats.to_string())).await?;
-    let _: () = shared.client.zadd(keys::NODES_SEEN, None, None, false, false, (now as f64, shared.node_id.as_str())).await?;
+    let _: () = shared
+        .client
+        .zadd(keys::NODES_SEEN, None, None, false, false, (now as f64, shared.node_id.as_str()))
+        .await?;
     let stale_before = now.saturating_sub(interval.as_millis() as u64 * 3);
-    let stale: Vec<String> = shared.client.zrangebyscore(keys::NODES_SEEN, "-inf", stale_before as f64, false, None).await?;
+    let stale: Vec<String> =
+        shared.client.zrangebyscore(keys::NODES_SEEN, "-inf", stale_before as f64, false, None).await?;
     if !stale.is_empty() {
         let _: () = shared.client.zrem(keys::NODES_SEEN, stale.clone()).await?;
         let _: () = shared.client.hdel(keys::NODES, stale).await?;

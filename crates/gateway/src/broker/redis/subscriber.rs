@@ -18,7 +18,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -47,7 +47,6 @@ pub(super) struct Subscriber {
     ops: mpsc::Sender<Op>,
     started: Instant,
     probe_seen_ms: Arc<AtomicU64>,
-    connected: Arc<AtomicBool>,
 }
 
 impl Subscriber {
@@ -57,7 +56,6 @@ impl Subscriber {
         let (reader_tx, reader_rx) = mpsc::channel(64);
         let started = Instant::now();
         let probe_seen_ms = Arc::new(AtomicU64::new(0));
-        let connected = Arc::new(AtomicBool::new(false));
         let probe_channel = keys::probe(&shared.node_id);
         tokio::spawn(interest_loop(client.clone(), ops_rx, reader_tx, shared.clone(), probe_channel.clone()));
         tokio::spawn(
@@ -72,12 +70,10 @@ impl Subscriber {
         );
         let mut reconnects = client.reconnect_rx();
         let resync = ops.clone();
-        let flag = connected.clone();
         tokio::spawn(async move {
             loop {
                 match reconnects.recv().await {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
-                        flag.store(true, Ordering::Release);
                         if resync.send(Op::Resync).await.is_err() {
                             return;
                         }
@@ -86,7 +82,7 @@ impl Subscriber {
                 }
             }
         });
-        let subscriber = Subscriber { client, ops, started, probe_seen_ms, connected };
+        let subscriber = Subscriber { client, ops, started, probe_seen_ms };
         subscriber.spawn_probe(shared, probe_channel);
         subscriber
     }
@@ -113,7 +109,7 @@ impl Subscriber {
     pub(super) fn is_healthy(&self, timeout: Duration) -> bool {
         let seen = self.probe_seen_ms.load(Ordering::Acquire);
         let now = self.started.elapsed().as_millis() as u64;
-        self.connected.load(Ordering::Acquire) && seen > 0 && now.saturating_sub(seen) < timeout.as_millis() as u64
+        self.client.is_connected() && seen > 0 && now.saturating_sub(seen) < timeout.as_millis() as u64
     }
 
     fn spawn_probe(&self, shared: Arc<RedisShared>, probe_channel: String) {

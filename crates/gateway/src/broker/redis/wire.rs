@@ -62,7 +62,11 @@ pub enum WireError {
 ///
 /// # Errors
 /// Never in practice (all parts are valid JSON already).
-pub fn body(event: Option<&str>, data: &RawValue, from: Option<&ClientInfo>) -> Result<String, serde_json::Error> {
+pub fn body(
+    event: Option<&str>,
+    data: &RawValue,
+    from: Option<&ClientInfo>,
+) -> Result<String, serde_json::Error> {
     serde_json::to_string(&Body { event: event.map(Into::into), data, from: from.cloned() })
 }
 
@@ -95,7 +99,7 @@ pub fn publication(
     body: &str,
 ) -> Result<Publication, WireError> {
     let body: Body<'_> = serde_json::from_str(body)?;
-    let (offset, epoch) = position.map(|(o, e)| (o, e)).unzip();
+    let (offset, epoch) = position.unzip();
     Ok(Publication {
         channel: channel.clone(),
         offset,
@@ -146,7 +150,9 @@ mod tests {
         }
         let body = body(None, &RawValue::from_string("[1]".into()).expect("raw"), None).expect("body");
         let live = ephemeral(9, &body).expect("ephemeral");
-        assert!(matches!(decode_live(&channel, live.as_bytes()), Ok(ChannelEvent::Publication(p)) if p.offset.is_none()));
+        assert!(
+            matches!(decode_live(&channel, live.as_bytes()), Ok(ChannelEvent::Publication(p)) if p.offset.is_none())
+        );
         let client = ClientInfo { client: "c".into(), user: "u".into(), info: None };
         let join = presence_event(true, &client).expect("join");
         assert!(matches!(decode_live(&channel, join.as_bytes()), Ok(ChannelEvent::Join(c)) if c.user == "u"));

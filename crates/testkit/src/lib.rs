@@ -1,0 +1,306 @@
+//! Test support shared by the workspace's integration tests: real `redis-server` and
+//! gateway processes on free loopback ports, started and stopped the way an operator
+//! would, and waited for by readiness (never by sleeping a fixed time).
+//!
+//! Processes are killed when their handle drops, so a failing test leaves nothing behind.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// How long a process may take to become ready.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1 (never 6379: the OS hands out ephemeral ports).
+///
+/// # Panics
+/// When no port can be bound.
+#[allow(clippy::expect_used)]
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Persistence mode of a test Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing survives a restart.
+    None,
+    /// Append-only file, fsync on every write: acknowledged writes survive a restart.
+    AppendOnly,
+}
+
+/// A `redis-server` child process.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    persistence: Persistence,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed or does not start in time.
+    #[allow(clippy::expect_used)]
+    pub fn start(persistence: Persistence) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut server = RedisServer { port: free_port(), dir, persistence, child: None };
+        server.spawn();
+        server
+    }
+
+    #[allow(clippy::expect_used)]
+    fn spawn(&mut self) {
+        let appendonly = if self.persistence == Persistence::AppendOnly { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", appendonly, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP;
+        while !self.answers_ping() {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        if stream.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its stdout.
+    ///
+    /// # Panics
+    /// When `redis-cli` is missing or fails.
+    #[allow(clippy::expect_used)]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// Stops the server gracefully (SIGTERM): with append-only persistence, everything
+    /// acknowledged is on disk.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts the server again on the same port with an empty data directory.
+    ///
+    /// # Panics
+    /// When the directory cannot be replaced.
+    #[allow(clippy::expect_used)]
+    pub fn restart_wiped(&mut self) {
+        self.kill();
+        self.dir = tempfile::tempdir().expect("temporary directory");
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
+}
+
+/// A gateway node process of the built `switchboard` binary.
+pub struct Gateway {
+    child: Option<Child>,
+    addr: SocketAddr,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    /// Starts `binary` on a free loopback port with `args` and `env`, and waits until
+    /// `/readyz` answers 200.
+    ///
+    /// # Panics
+    /// When the process does not start or become ready in time.
+    #[allow(clippy::expect_used)]
+    pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gateway binary starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (address_tx, address_rx) = mpsc::channel();
+        let (log_tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut address_tx = Some(address_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(tx) = &address_tx {
+                    let address = serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|record| record["fields"]["address"].as_str().map(str::to_string));
+                    if let Some(address) = address.and_then(|a| a.parse::<SocketAddr>().ok()) {
+                        let _ = tx.send(address);
+                        address_tx = None;
+                    }
+                }
+                if std::env::var_os("SWITCHBOARD_TEST_ECHO").is_some() {
+                    eprintln!("{line}");
+                }
+                let _ = log_tx.send(line);
+            }
+        });
+        let addr = address_rx.recv_timeout(STARTUP).expect("gateway reports its listen address");
+        let gateway = Gateway { child: Some(child), addr, logs };
+        gateway.wait_ready();
+        gateway
+    }
+
+    /// Waits until `/readyz` answers 200.
+    ///
+    /// # Panics
+    /// When it does not within [`STARTUP`].
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + STARTUP;
+        while self.get("/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "gateway {} not ready in time", self.addr);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://<addr>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A blocking HTTP GET; returns status and body (status 0 when unreachable).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path)
+    }
+
+    /// The value of an unlabelled metric from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Log lines received so far.
+    pub fn drain_logs(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+
+    /// SIGKILL: the node dies without any cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut child) => {
+                signal(&child, "TERM");
+                child.wait().is_ok_and(|status| status.success())
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET; status 0 when the server is unreachable.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    if stream.read_to_string(&mut response).is_err() {
+        return (0, String::new());
+    }
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The workspace's `target` directory binary path for `name`, for crates whose tests need a
+/// binary of another crate (built by `cargo build` first).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("../../target"), PathBuf::from);
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    target.join(profile).join(name)
+}
