@@ -475,3 +475,26 @@ async fn redis_cli_publish_reaches_clients_on_every_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_marks_the_node_not_ready_while_pub_sub_is_stuck() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = start_nodes(&redis, 1);
+    let mut client = connect_url(&nodes[0].ws_url(), "s", Encoding::Json).await;
+    client.ok("subscribe", json!({"channel": "chat:probe"})).await;
+    // Stall every write, PUBLISH included, while the TCP connections stay up: to the node
+    // this looks exactly like a pub/sub subscription that silently stopped delivering.
+    redis.cli(&["CLIENT", "PAUSE", "5000", "WRITE"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while nodes[0].get("/readyz").0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness stayed green while probes did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes[0].wait_ready();
+    client.ok("publish", json!({"channel": "chat:probe", "data": "after"})).await;
+    assert_eq!(client.publication().await.data, json!("after"));
+}
