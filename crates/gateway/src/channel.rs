@@ -24,9 +24,6 @@ pub enum ChannelError {
     UnknownNamespace(String),
 }
 
-/// Characters allowed in channel names besides ASCII letters and digits.
-pub const ALLOWED_PUNCTUATION: &str = "_-.:@=,/";
-
 /// Resolved namespace rules, shared by every session.
 #[derive(Debug)]
 pub struct ChannelRules {
@@ -68,36 +65,25 @@ impl ChannelRules {
         ChannelRules { namespaces, max_length }
     }
 
+    /// Every configured namespace.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+        self.namespaces.values()
+    }
+
     /// Checks `channel` and returns its namespace.
     ///
     /// # Errors
     /// [`ChannelError`] for a malformed name or an unknown namespace.
     pub fn resolve(&self, channel: &str) -> Result<&Arc<Namespace>, ChannelError> {
-        let invalid = |why| ChannelError::Invalid { name: channel.chars().take(64).collect(), why };
-        if channel.is_empty() {
-            return Err(invalid("empty"));
-        }
-        if channel.len() > self.max_length {
-            return Err(invalid("too long"));
-        }
-        if !channel.bytes().all(|b| b.is_ascii_alphanumeric() || ALLOWED_PUNCTUATION.as_bytes().contains(&b))
-        {
-            return Err(invalid("only ASCII letters, digits and _-.:@=,/ are allowed"));
-        }
-        let namespace = channel.split_once(':').map_or("", |(ns, _)| ns);
-        if channel.ends_with(':') {
-            return Err(invalid("nothing after the namespace"));
-        }
-        if channel.starts_with(':') {
-            return Err(invalid("empty namespace before `:`"));
-        }
+        let namespace = switchboard_protocol::channel::namespace_of(channel, self.max_length)
+            .map_err(|why| ChannelError::Invalid { name: channel.chars().take(64).collect(), why })?;
         self.namespaces.get(namespace).ok_or_else(|| ChannelError::UnknownNamespace(namespace.to_string()))
     }
 }
 
 /// The personal channel of `user`.
 pub fn personal_channel(user: &str) -> String {
-    format!("{}:{user}", NamespaceConfig::PERSONAL)
+    switchboard_protocol::channel::personal(user)
 }
 
 impl Namespace {

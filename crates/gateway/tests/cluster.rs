@@ -5,58 +5,14 @@
 
 mod fixture;
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use fixture::{connect_url, Client};
 use serde_json::{json, Value};
 use switchboard_protocol::{push::Push, Code, Encoding};
-use switchboard_testkit::{Gateway, Persistence, RedisServer};
+use switchboard_testkit::{Persistence, RedisServer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-/// Cluster tests run one at a time: each starts several processes, and the machine has
-/// two cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn start_nodes(redis: &RedisServer, count: usize) -> Vec<Gateway> {
-    (0..count).map(|_| start_node(redis)).collect()
-}
-
-fn start_node(redis: &RedisServer) -> Gateway {
-    let url = redis.url();
-    let config = cluster_config_file();
-    Gateway::start(
-        Path::new(BIN),
-        &["--broker", &url, "--config", config.to_str().unwrap()],
-        &[
-            ("SWITCHBOARD_AUTH__HMAC_SECRET", fixture::SECRET),
-            ("SWITCHBOARD_BROKER__PRESENCE_TTL_SECS", "3"),
-            ("SWITCHBOARD_BROKER__PROBE_INTERVAL_MS", "200"),
-            ("SWITCHBOARD_BROKER__PROBE_TIMEOUT_MS", "2000"),
-            ("SWITCHBOARD_BROKER__NODE_HEARTBEAT_MS", "300"),
-            ("SWITCHBOARD_LIMITS__COMMANDS_PER_SECOND", "100000"),
-            ("SWITCHBOARD_LIMITS__COMMAND_BURST", "100000"),
-            ("SWITCHBOARD_NODE__SHUTDOWN_RECONNECT_JITTER_MS", "200"),
-        ],
-    )
-}
-
-/// Namespaces of the cluster tests: the defaults, with `chat` keeping 1000 publications.
-fn cluster_config_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("switchboard-cluster-{}.toml", std::process::id()));
-    let config = r#"
-[[namespaces]]
-name = ""
-
-[[namespaces]]
-name = "chat"
-publish = true
-join_leave = true
-history_size = 1000
-"#;
-    std::fs::write(&path, config).unwrap();
-    path
-}
+use fixture::cluster::{start_nodes, SERIAL};
 
 /// Reads publications of `channel` until `count` arrived; asserts offsets are exactly
 /// `first..first+count` (order, no gap, no duplicate) and returns the data values.

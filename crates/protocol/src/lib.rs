@@ -10,10 +10,12 @@
 //!
 //! The human-readable specification of the same frames lives in `docs/protocol.md`.
 
+pub mod channel;
 pub mod codec;
 pub mod codes;
 pub mod command;
 pub mod push;
+pub mod redis;
 pub mod reply;
 
 pub use codec::{CodecError, Encoding};

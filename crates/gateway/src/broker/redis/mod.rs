@@ -9,7 +9,6 @@
 //! `subscriber`). Both reconnect with exponential backoff; commands fail fast while Redis
 //! is unreachable (the session answers 115 `unavailable`), and client WebSockets stay up.
 
-pub mod keys;
 mod registry;
 mod subscriber;
 pub mod wire;
@@ -31,8 +30,7 @@ use crate::{
     metrics::Metrics,
 };
 
-/// The Functions library source, loaded with `FUNCTION LOAD REPLACE`.
-pub const LIBRARY: &str = include_str!("switchboard.lua");
+use switchboard_protocol::redis::{self as keys, LIBRARY};
 
 impl From<fred::error::Error> for BrokerError {
     fn from(error: fred::error::Error) -> Self {
@@ -151,6 +149,9 @@ fn spawn_function_loader(shared: Arc<RedisShared>) {
                     if let Err(error) = shared.load_functions().await {
                         tracing::warn!(%error, "cannot load the Redis Functions library");
                     }
+                    if let Err(error) = shared.declare_namespaces().await {
+                        tracing::warn!(%error, "cannot declare namespaces in Redis");
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -180,6 +181,24 @@ impl RedisShared {
     async fn load_functions(&self) -> Result<(), BrokerError> {
         let _: Value = self.client.function_load(true, LIBRARY).await?;
         tracing::info!("Redis Functions library loaded");
+        Ok(())
+    }
+
+    /// Writes every namespace's retention to `sb:namespaces`, where publishers read it.
+    async fn declare_namespaces(&self) -> Result<(), BrokerError> {
+        let entries: Vec<(String, String)> = self
+            .rules
+            .namespaces()
+            .map(|ns| {
+                let retention = serde_json::json!({
+                    "history_size": ns.stream.history_size,
+                    "history_ttl_ms": ns.stream.history_ttl.as_millis() as u64,
+                    "meta_ttl_ms": self.meta_ttl_ms(ns.stream),
+                });
+                (ns.config.name.clone(), retention.to_string())
+            })
+            .collect();
+        let _: () = self.client.hset(keys::NAMESPACES, entries).await?;
         Ok(())
     }
 

@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 
 use fred::prelude::*;
 
-use super::{keys, RedisShared};
+use super::RedisShared;
+use switchboard_protocol::redis as keys;
 
 /// Starts the heartbeat task.
 pub(super) fn spawn(shared: Arc<RedisShared>) {

@@ -27,8 +27,9 @@ use std::{
 use fred::{clients::SubscriberClient, prelude::*};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{keys, wire, RedisShared};
+use super::{wire, RedisShared};
 use crate::broker::{BrokerError, ChannelEvent, Publication};
+use switchboard_protocol::redis as keys;
 
 enum Op {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),

@@ -11,24 +11,21 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchboard_protocol::ClientInfo;
 
 use crate::broker::{ChannelEvent, Publication};
 
-/// A publication body as stored and published.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Body<'a> {
-    /// Application event name.
-    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    pub event: Option<std::borrow::Cow<'a, str>>,
-    /// Payload.
+/// A publication body as decoded.
+#[derive(Debug, Deserialize)]
+struct Body<'a> {
+    #[serde(default, borrow)]
+    event: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
-    pub data: &'a RawValue,
-    /// Publishing connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<ClientInfo>,
+    data: &'a RawValue,
+    #[serde(default)]
+    from: Option<ClientInfo>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +64,7 @@ pub fn body(
     data: &RawValue,
     from: Option<&ClientInfo>,
 ) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&Body { event: event.map(Into::into), data, from: from.cloned() })
+    switchboard_protocol::redis::Body { event, data, from }.to_json()
 }
 
 /// An ephemeral publication envelope.

@@ -1,9 +1,46 @@
-//! Redis key and pub/sub channel names. `docs/redis.md` lists the same names; a test
-//! checks that every name built here appears there.
+//! The Redis contract of cluster mode: the Functions library, key and pub/sub channel
+//! names, and the publication body. Shared by the gateway and the publisher crate so the
+//! two can never disagree; `docs/redis.md` specifies the same for other languages.
 //!
 //! Every name of one Switchboard channel embeds the channel as a hash tag `{<channel>}`,
 //! so a channel's keys share one Redis Cluster slot. Channel names cannot contain braces
 //! (see `channel::ALLOWED_PUNCTUATION`), so the tag is always the whole channel name.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::ClientInfo;
+
+/// The Redis Functions library (`#!lua name=switchboard`), for `FUNCTION LOAD REPLACE`.
+pub const LIBRARY: &str = include_str!("../redis/switchboard.lua");
+
+/// Hash of namespace name -> retention JSON `{"history_size":N,"history_ttl_ms":N,"meta_ttl_ms":N}`,
+/// written by every gateway at start so that publishers use the gateways' retention.
+pub const NAMESPACES: &str = "sb:namespaces";
+
+/// A publication body as stored in streams and published live: `data` is required,
+/// `event` and `from` optional.
+#[derive(Debug, Serialize)]
+pub struct Body<'a> {
+    /// Application event name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    /// Payload, raw JSON.
+    pub data: &'a RawValue,
+    /// The publishing connection, for client publishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a ClientInfo>,
+}
+
+impl Body<'_> {
+    /// The body as JSON text.
+    ///
+    /// # Errors
+    /// Never in practice: every part is valid JSON already.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
 
 /// The channel's history stream (entry id `<offset>-0`, fields `t` and `b`).
 pub fn stream(channel: &str) -> String {

@@ -1,0 +1,411 @@
+//! Publish events into a Switchboard cluster from a backend service, through Redis.
+//!
+//! A backend that records a vote, completes a KYC check or detects a vault risk calls
+//! [`Publisher::publish`] (or [`Publisher::publish_to_user`] for one user on all their
+//! devices). Each publish is one call of the `sb_publish` Redis Function that the gateways
+//! also use, so the publication gets the channel's next offset, is stored in history and
+//! reaches every gateway node with subscribers, atomically.
+//!
+//! Retention (history size and TTL) comes from the gateways: every gateway writes its
+//! namespaces to `sb:namespaces` at start, and the publisher reads them, so the two never
+//! disagree. Publishing to a namespace no gateway declared is an error.
+//!
+//! Retrying is safe with an idempotency key: a retried publish within the key's window
+//! is stored and delivered once and returns the original offset.
+
+use std::{collections::HashMap, sync::Arc};
+
+use redis::{aio::ConnectionManager, RedisError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use switchboard_protocol::{channel, redis as keys};
+use tokio::sync::RwLock;
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The channel name breaks the grammar.
+    #[error("invalid channel `{channel}`: {why}")]
+    InvalidChannel {
+        /// The name.
+        channel: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// No gateway declared the channel's namespace in `sb:namespaces`.
+    #[error("unknown namespace `{0}`: no gateway declares it (is a gateway running against this Redis?)")]
+    UnknownNamespace(String),
+    /// The payload could not be serialized as JSON.
+    #[error("payload is not JSON-serializable: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// Redis could not be reached or the connection dropped; the publish may or may not
+    /// have happened. Retrying with the same idempotency key is safe.
+    #[error("Redis connection failed (retry with the same idempotency key): {0}")]
+    Connection(#[source] RedisError),
+    /// Redis answered something other than the contract's reply (an old library?).
+    #[error("unexpected reply from sb_publish: {0}")]
+    UnexpectedReply(String),
+    /// Redis answered with an error (e.g. the body broke the contract).
+    #[error("Redis refused the publish: {0}")]
+    Refused(#[source] RedisError),
+}
+
+impl PublishError {
+    /// Whether retrying (with the same idempotency key) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PublishError::Connection(_))
+    }
+}
+
+impl From<RedisError> for PublishError {
+    fn from(error: RedisError) -> Self {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_timeout()
+            || error.is_connection_refusal()
+        {
+            PublishError::Connection(error)
+        } else {
+            PublishError::Refused(error)
+        }
+    }
+}
+
+/// Retention of one namespace, as declared by the gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Publications kept per channel (0: none).
+    pub history_size: u64,
+    /// How long a publication is kept, in milliseconds.
+    pub history_ttl_ms: u64,
+    /// How long the stream's epoch and offset outlive its last publication, in milliseconds.
+    pub meta_ttl_ms: u64,
+}
+
+/// Options of one publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Application event name, e.g. `"vote"`.
+    pub event: Option<String>,
+    /// Makes retries safe: a publish repeated with the same key within the gateways'
+    /// idempotency window is delivered once and returns the first result.
+    pub idempotency_key: Option<String>,
+    /// Deliver live only: no offset, not stored in history.
+    pub live_only: bool,
+}
+
+impl PublishOptions {
+    /// Options with an event name.
+    pub fn event(name: impl Into<String>) -> PublishOptions {
+        PublishOptions { event: Some(name.into()), ..PublishOptions::default() }
+    }
+
+    /// Adds an idempotency key.
+    #[must_use]
+    pub fn idempotent(mut self, key: impl Into<String>) -> PublishOptions {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Makes the publish live only.
+    #[must_use]
+    pub fn live_only(mut self) -> PublishOptions {
+        self.live_only = true;
+        self
+    }
+}
+
+/// The result of a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The channel.
+    pub channel: String,
+    /// Offset assigned (absent for live-only publishes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Stream epoch (absent for live-only publishes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// True when the idempotency key was seen before and nothing new was published.
+    pub duplicate: bool,
+}
+
+/// A domain event that knows its channel and event name, published with
+/// [`Publisher::publish_event`].
+pub trait DomainEvent: Serialize {
+    /// The event name clients see in `publication.event`.
+    const EVENT: &'static str;
+
+    /// The channel the event belongs to, e.g. `format!("dao:proposal-{}", self.proposal)`.
+    fn channel(&self) -> String;
+
+    /// A key that identifies this occurrence, for safe retries (none by default).
+    fn idempotency_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// One item of [`Publisher::publish_batch`].
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Channel.
+    pub channel: String,
+    /// Payload as JSON.
+    pub data: serde_json::Value,
+    /// Options.
+    pub options: PublishOptions,
+}
+
+/// How long idempotency keys are remembered, in milliseconds (the gateway's default).
+pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 300_000;
+
+/// A cheap, cloneable publisher over one multiplexed, auto-reconnecting Redis connection.
+#[derive(Clone)]
+pub struct Publisher {
+    connection: ConnectionManager,
+    retention: Arc<RwLock<HashMap<String, Retention>>>,
+    idempotency_ttl_ms: u64,
+}
+
+impl Publisher {
+    /// Connects to Redis (`redis://host:port[/db]`), loads the Functions library and
+    /// reads the gateways' namespaces.
+    ///
+    /// # Errors
+    /// [`PublishError`] when Redis cannot be reached or refuses the library.
+    pub async fn connect(url: &str) -> Result<Publisher, PublishError> {
+        let client = redis::Client::open(url)?;
+        let connection = client.get_connection_manager().await?;
+        let publisher = Publisher {
+            connection,
+            retention: Arc::new(RwLock::new(HashMap::new())),
+            idempotency_ttl_ms: DEFAULT_IDEMPOTENCY_TTL_MS,
+        };
+        publisher.load_library().await?;
+        publisher.refresh_namespaces().await?;
+        Ok(publisher)
+    }
+
+    /// Sets how long idempotency keys are remembered.
+    #[must_use]
+    pub fn with_idempotency_ttl_ms(mut self, ttl_ms: u64) -> Publisher {
+        self.idempotency_ttl_ms = ttl_ms.max(1);
+        self
+    }
+
+    async fn load_library(&self) -> Result<(), PublishError> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(keys::LIBRARY)
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Re-reads `sb:namespaces` (done automatically when an unknown namespace is met).
+    ///
+    /// # Errors
+    /// [`PublishError::Connection`] when Redis cannot be reached.
+    pub async fn refresh_namespaces(&self) -> Result<(), PublishError> {
+        let mut connection = self.connection.clone();
+        let raw: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(keys::NAMESPACES).query_async(&mut connection).await?;
+        let parsed = raw
+            .into_iter()
+            .filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?)))
+            .collect();
+        *self.retention.write().await = parsed;
+        Ok(())
+    }
+
+    /// The retention the gateways declared for `channel`'s namespace.
+    ///
+    /// # Errors
+    /// [`PublishError::InvalidChannel`] or [`PublishError::UnknownNamespace`].
+    pub async fn retention(&self, channel_name: &str) -> Result<Retention, PublishError> {
+        let namespace = channel::namespace_of(channel_name, channel::DEFAULT_MAX_LENGTH)
+            .map_err(|why| PublishError::InvalidChannel { channel: channel_name.to_string(), why })?;
+        if let Some(retention) = self.retention.read().await.get(namespace) {
+            return Ok(*retention);
+        }
+        self.refresh_namespaces().await?;
+        self.retention
+            .read()
+            .await
+            .get(namespace)
+            .copied()
+            .ok_or_else(|| PublishError::UnknownNamespace(namespace.to_string()))
+    }
+
+    /// Publishes `data` to `channel`.
+    ///
+    /// # Errors
+    /// [`PublishError`]; retry [`PublishError::Connection`] with the same idempotency key.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel_name: &str,
+        data: &T,
+        options: &PublishOptions,
+    ) -> Result<Published, PublishError> {
+        let command = self.command(channel_name, &serde_json::value::to_raw_value(data)?, options).await?;
+        let mut connection = self.connection.clone();
+        let reply: redis::Value = command.query_async(&mut connection).await?;
+        parse_reply(channel_name, options, reply)
+    }
+
+    /// Publishes to the personal channel `user:<id>`: every device of the user receives
+    /// it, and devices that are offline get it when they connect (within retention).
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    pub async fn publish_to_user<T: Serialize + ?Sized>(
+        &self,
+        user: &str,
+        data: &T,
+        options: &PublishOptions,
+    ) -> Result<Published, PublishError> {
+        self.publish(&channel::personal(user), data, options).await
+    }
+
+    /// Publishes a typed domain event to its channel.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    pub async fn publish_event<E: DomainEvent>(&self, event: &E) -> Result<Published, PublishError> {
+        let mut options = PublishOptions::event(E::EVENT);
+        options.idempotency_key = event.idempotency_key();
+        self.publish(&event.channel(), event, &options).await
+    }
+
+    /// Publishes one payload to many channels in one pipelined round trip. Each channel
+    /// gets its own result.
+    ///
+    /// # Errors
+    /// [`PublishError`] for the whole call when the payload cannot be serialized or the
+    /// connection fails; per-channel errors are in the returned list.
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        channels: &[&str],
+        data: &T,
+        options: &PublishOptions,
+    ) -> Result<Vec<Result<Published, PublishError>>, PublishError> {
+        let data = serde_json::to_value(data)?;
+        let items = channels
+            .iter()
+            .map(|c| Outgoing { channel: (*c).to_string(), data: data.clone(), options: options.clone() })
+            .collect();
+        self.publish_batch(items).await
+    }
+
+    /// Publishes many publications in one pipelined round trip, for high rates.
+    ///
+    /// # Errors
+    /// [`PublishError`] for the whole call when the connection fails; per-item errors
+    /// are in the returned list, in input order.
+    pub async fn publish_batch(
+        &self,
+        items: Vec<Outgoing>,
+    ) -> Result<Vec<Result<Published, PublishError>>, PublishError> {
+        let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::with_capacity(items.len());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let command = match serde_json::value::to_raw_value(&item.data) {
+                Ok(data) => self.command(&item.channel, &data, &item.options).await,
+                Err(error) => Err(error.into()),
+            };
+            match command {
+                Ok(command) => {
+                    pipe.add_command(command);
+                    sent.push(index);
+                    results.push(None);
+                }
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        if !sent.is_empty() {
+            let mut connection = self.connection.clone();
+            let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(&mut connection).await?;
+            for (index, reply) in sent.into_iter().zip(replies) {
+                let item = &items[index];
+                results[index] = Some(
+                    reply
+                        .map_err(PublishError::from)
+                        .and_then(|r| parse_reply(&item.channel, &item.options, r)),
+                );
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| unreachable!("every item has a result")))
+            .collect())
+    }
+
+    /// Builds the Redis command of one publish.
+    async fn command(
+        &self,
+        channel_name: &str,
+        data: &RawValue,
+        options: &PublishOptions,
+    ) -> Result<redis::Cmd, PublishError> {
+        let retention = self.retention(channel_name).await?;
+        let body = keys::Body { event: options.event.as_deref(), data, from: None }.to_json()?;
+        if options.live_only {
+            let envelope =
+                serde_json::json!({"t": unix_millis(), "b": serde_json::from_str::<&RawValue>(&body)?});
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(keys::live(channel_name)).arg(envelope.to_string());
+            return Ok(command);
+        }
+        let mut command = redis::cmd("FCALL");
+        command.arg("sb_publish");
+        match &options.idempotency_key {
+            Some(key) => command
+                .arg(3)
+                .arg(keys::stream(channel_name))
+                .arg(keys::meta(channel_name))
+                .arg(keys::idempotency(channel_name, key)),
+            None => command.arg(2).arg(keys::stream(channel_name)).arg(keys::meta(channel_name)),
+        };
+        command
+            .arg(keys::live(channel_name))
+            .arg(body)
+            .arg(retention.history_size)
+            .arg(retention.history_ttl_ms.max(1))
+            .arg(retention.meta_ttl_ms.max(1));
+        if options.idempotency_key.is_some() {
+            command.arg(self.idempotency_ttl_ms);
+        }
+        Ok(command)
+    }
+}
+
+fn parse_reply(
+    channel_name: &str,
+    options: &PublishOptions,
+    reply: redis::Value,
+) -> Result<Published, PublishError> {
+    if options.live_only {
+        return Ok(Published {
+            channel: channel_name.to_string(),
+            offset: None,
+            epoch: None,
+            duplicate: false,
+        });
+    }
+    let (offset, epoch, duplicate): (u64, String, u8) =
+        redis::from_redis_value(reply).map_err(|e| PublishError::UnexpectedReply(e.to_string()))?;
+    Ok(Published {
+        channel: channel_name.to_string(),
+        offset: Some(offset),
+        epoch: Some(epoch),
+        duplicate: duplicate == 1,
+    })
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
