@@ -43,6 +43,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The HTTP server API for backends.
+    pub api: ApiConfig,
     /// Channel namespaces; a channel `ns:rest` uses namespace `ns`, a bare name uses `""`.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -56,6 +58,7 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            api: ApiConfig::default(),
             namespaces: NamespaceConfig::defaults(),
         }
     }
@@ -267,6 +270,24 @@ impl Default for LimitsConfig {
             read_buffer_bytes: 4096,
             write_buffer_bytes: 16_384,
         }
+    }
+}
+
+/// The HTTP server API under `/api/v1`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Accepted API keys, sent as `X-API-Key: <key>` or `Authorization: Bearer <key>`;
+    /// compared in constant time. Empty disables the API (every call answers 401).
+    /// Default: empty.
+    pub keys: Vec<String>,
+    /// Largest request body, in bytes; larger is answered with 413. Default 65536.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { keys: Vec::new(), max_body_bytes: 65_536 }
     }
 }
 

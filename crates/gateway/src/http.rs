@@ -56,6 +56,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router(node.clone()))
         .fallback(|| async { HttpError::NotFound })
         .with_state(node)
 }

@@ -24,13 +24,13 @@ use dashmap::DashMap;
 use switchboard_protocol::{
     codec::{self, CodecError},
     push::{self, ChannelClient, Push},
-    Encoding,
+    Code, Encoding,
 };
 
 use crate::{
-    broker::{ChannelEvent, EventSink, Publication},
+    broker::{ChannelEvent, Control, EventSink, Publication},
     metrics::Metrics,
-    outbox::Outbox,
+    outbox::{CloseRequest, Outbox, SessionCommand},
 };
 
 /// Identifies a connection on this node.
@@ -68,6 +68,9 @@ impl Delivery {
     fn encode(&self, encoding: Encoding) -> Result<Message, CodecError> {
         match &self.event {
             ChannelEvent::Publication(publication) => encode_publication(publication, encoding),
+            ChannelEvent::Control(_) => {
+                Err(CodecError::Json(serde::ser::Error::custom("control events are not sent")))
+            }
             ChannelEvent::Join(client) | ChannelEvent::Leave(client) => {
                 let body = ChannelClient { channel: self.channel.to_string(), client: client.clone() };
                 let push: Push<()> = match self.event {
@@ -234,11 +237,44 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Applies an operator command to every local subscriber of a personal channel.
+    fn apply(&self, channel: &str, control: &Control) {
+        let Some(subscribers) = self.channels.get(channel) else { return };
+        for subscriber in subscribers.values() {
+            let connection = subscriber.outbox.control();
+            match control {
+                Control::Disconnect { reason } => connection.close(CloseRequest {
+                    code: Code::ForceDisconnect,
+                    reason: reason.clone(),
+                    reconnect_after_ms: None,
+                    flush_queue: true,
+                }),
+                Control::Unsubscribe { channel, reason } => {
+                    connection.command(SessionCommand::Unsubscribe {
+                        channel: channel.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 impl EventSink for Hub {
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.subscriber_count(channel) > 0
+    }
+
+    fn channel_names(&self) -> Vec<String> {
+        Hub::channel_names(self)
+    }
+
     fn deliver(&self, channel: &str, event: ChannelEvent) {
-        let Some(mut subscribers) = self.channels.get_mut(channel) else {
-            return;
-        };
+        if let ChannelEvent::Control(control) = &event {
+            return self.apply(channel, control);
+        }
+        let Some(mut subscribers) = self.channels.get_mut(channel) else { return };
         let delivery = Arc::new(Delivery::new(subscribers.key().clone(), event));
         let max_buffered = self.max_buffered;
         for subscriber in subscribers.values_mut() {

@@ -5,6 +5,7 @@
 //! connection), [`hub`] (local fan-out), [`outbox`] (per-connection bounded queue),
 //! [`broker`] (trait and implementations), [`metrics`].
 
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod channel;

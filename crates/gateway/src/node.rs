@@ -9,13 +9,15 @@ use std::{
 };
 
 use dashmap::DashMap;
+use switchboard_protocol::{Code, StreamPosition};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::Verifier,
-    broker::{memory::MemoryBroker, redis::RedisBroker, Broker},
+    broker::{memory::MemoryBroker, redis::RedisBroker, Broker, NewPublication},
     channel::ChannelRules,
     config::Config,
+    error::CommandError,
     hub::{ConnId, Hub},
     metrics::Metrics,
 };
@@ -97,6 +99,29 @@ impl Node {
             user_connections: DashMap::new(),
             next_conn: AtomicU64::new(1),
         }))
+    }
+
+    /// Checks the payload size and publishes into `channel` (namespace rules apply; the
+    /// caller has checked permissions). Shared by client publishes and the HTTP API.
+    ///
+    /// # Errors
+    /// [`CommandError`] for a bad channel, an oversized payload or a broker failure.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        publication: NewPublication,
+    ) -> Result<Option<StreamPosition>, CommandError> {
+        let namespace = self.rules.resolve(channel)?;
+        let max = self.config.limits.max_payload_bytes;
+        if publication.data.get().len() > max {
+            return Err(CommandError::refused(
+                Code::PayloadTooLarge,
+                format!("payload is larger than {max} bytes"),
+            ));
+        }
+        let position = self.broker.publish(channel, publication, namespace.stream).await?;
+        self.metrics.publications.inc();
+        Ok(position)
     }
 
     /// Whether the node should receive traffic (`/readyz`).

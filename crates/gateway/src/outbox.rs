@@ -48,14 +48,51 @@ pub struct CloseRequest {
     pub flush_queue: bool,
 }
 
+/// A request for the session itself (its reader task), from outside the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// Leave a channel and tell the client with an `unsubscribe` push.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+        /// Why, shown to the client.
+        reason: String,
+    },
+}
+
+/// How many session commands may wait for one connection before it is closed.
+pub const SESSION_COMMAND_CAPACITY: usize = 16;
+
 /// Close signalling shared by a connection's reader, writer and every outbox handle.
 #[derive(Debug, Default)]
 pub struct ConnControl {
     cancel: CancellationToken,
     request: Mutex<Option<CloseRequest>>,
+    commands: Option<mpsc::Sender<SessionCommand>>,
 }
 
 impl ConnControl {
+    /// Control with a session command queue; the session reads the receiver.
+    pub fn with_commands() -> (ConnControl, mpsc::Receiver<SessionCommand>) {
+        let (tx, rx) = mpsc::channel(SESSION_COMMAND_CAPACITY);
+        (ConnControl { commands: Some(tx), ..ConnControl::default() }, rx)
+    }
+
+    /// Hands a command to the session without waiting. A session that lets commands
+    /// pile up is not reading its own queue: it is closed (3006, reconnect) rather than
+    /// left in a state the operator did not ask for.
+    pub fn command(&self, command: SessionCommand) {
+        let Some(commands) = &self.commands else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = commands.try_send(command) {
+            self.close(CloseRequest {
+                code: Code::ServerError,
+                reason: "session command queue overflow".into(),
+                reconnect_after_ms: None,
+                flush_queue: false,
+            });
+        }
+    }
+
     /// Asks the connection to close. The first request wins; later ones are ignored.
     pub fn close(&self, request: CloseRequest) {
         let mut slot = self.request.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

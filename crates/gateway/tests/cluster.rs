@@ -454,3 +454,48 @@ async fn probe_marks_the_node_not_ready_while_pub_sub_is_stuck() {
     client.ok("publish", json!({"channel": "chat:probe", "data": "after"})).await;
     assert_eq!(client.publication().await.data, json!("after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_acts_on_a_user_connected_to_another_node() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = start_nodes(&redis, 2);
+    let mut phone = connect_url(&nodes[1].ws_url(), "u5", Encoding::Json).await;
+    phone.ok("subscribe", json!({"channel": "chat:deal"})).await;
+    let api = |path: &'static str, body: Value| {
+        let addr = nodes[0].addr();
+        let key = fixture::cluster::API_KEY;
+        tokio::task::spawn_blocking(move || {
+            let body = body.to_string();
+            switchboard_testkit::http(addr, "POST", path, &[("X-API-Key", key)], Some(body.as_bytes()))
+        })
+    };
+    let (status, body) = api("/api/v1/users/publish", json!({"user": "u5", "data": {"n": 1}})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(phone.publication().await.channel, "user:u5");
+    let (status, _) =
+        api("/api/v1/users/unsubscribe", json!({"user": "u5", "channel": "chat:deal"})).await.unwrap();
+    assert_eq!(status, 202);
+    loop {
+        match phone.push().await {
+            Push::Unsubscribe(unsubscribed) => break assert_eq!(unsubscribed.channel, "chat:deal"),
+            Push::Join(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    let (status, _) = api("/api/v1/users/disconnect", json!({"user": "u5"})).await.unwrap();
+    assert_eq!(status, 202);
+    let (disconnect, _) = phone.closed().await;
+    assert_eq!(disconnect.unwrap().code, Code::ForceDisconnect);
+    let (status, body) = api("/api/v1/users/disconnect", json!({"user": "u5"})).await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    let channels = switchboard_testkit::http(
+        nodes[0].addr(),
+        "GET",
+        "/api/v1/info",
+        &[("X-API-Key", fixture::cluster::API_KEY)],
+        None,
+    );
+    let info: Value = serde_json::from_str(&channels.1).unwrap();
+    assert_eq!(info["broker"], "redis");
+}

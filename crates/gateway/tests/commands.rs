@@ -122,6 +122,7 @@ async fn json_and_msgpack_subscribers_receive_the_same_publication() {
                 data,
                 from: None,
                 ephemeral: false,
+                idempotency_key: None,
             },
             stream,
         )
@@ -154,6 +155,7 @@ async fn personal_channel_reaches_every_device_of_one_user_only() {
                 data,
                 from: None,
                 ephemeral: false,
+                idempotency_key: None,
             },
             stream,
         )

@@ -129,6 +129,7 @@ async fn personal_channel_recovers_at_connect() {
         data: serde_json::value::to_raw_value(&json!({"n": n})).unwrap(),
         from: None,
         ephemeral: false,
+        idempotency_key: None,
     };
     server.node.broker.publish("user:u9", notify(1), stream).await.unwrap();
     let first = device.publication().await;

@@ -20,8 +20,8 @@ use dashmap::DashMap;
 use switchboard_protocol::{ClientInfo, StreamPosition};
 
 use super::{
-    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, EventSink, HistoryPage, NewPublication,
-    PresenceStats, Publication, Since,
+    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, Control, EventSink, HistoryPage,
+    NewPublication, PresenceStats, Publication, Since,
 };
 use crate::channel::StreamOptions;
 
@@ -30,6 +30,8 @@ pub struct MemoryBroker {
     streams: DashMap<Arc<str>, Arc<Mutex<Stream>>>,
     presence: DashMap<String, HashMap<String, ClientInfo>>,
     acks: DashMap<(String, String), StreamPosition>,
+    idempotency: DashMap<(String, String), (StreamPosition, Instant)>,
+    idempotency_ttl: Duration,
     sink: Arc<dyn EventSink>,
     idle_ttl: Duration,
 }
@@ -68,6 +70,8 @@ impl MemoryBroker {
             streams: DashMap::new(),
             presence: DashMap::new(),
             acks: DashMap::new(),
+            idempotency: DashMap::new(),
+            idempotency_ttl: Duration::from_secs(300),
             sink,
             idle_ttl,
         }
@@ -80,9 +84,17 @@ impl MemoryBroker {
         self.streams.entry(Arc::from(channel)).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))).clone()
     }
 
+    /// Sets how long idempotency keys are remembered.
+    #[must_use]
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> MemoryBroker {
+        self.idempotency_ttl = ttl;
+        self
+    }
+
     /// Drops expired publications and forgets idle streams; returns how many streams remain.
     pub fn sweep(&self, retention: impl Fn(&str) -> Option<StreamOptions>) -> usize {
         let now = Instant::now();
+        self.idempotency.retain(|_, (_, at)| now.duration_since(*at) < self.idempotency_ttl);
         self.streams.retain(|channel, stream| {
             let mut stream = lock(stream);
             if let Some(options) = retention(channel) {
@@ -128,11 +140,22 @@ impl Broker for MemoryBroker {
         let stream = self.stream(channel);
         let mut stream = lock(&stream);
         let now = Instant::now();
+        let idempotency = publication.idempotency_key.map(|key| (channel.to_string(), key));
+        if let Some(key) = &idempotency {
+            if let Some(seen) =
+                self.idempotency.get(key).filter(|e| now.duration_since(e.1) < self.idempotency_ttl)
+            {
+                return Ok(Some(seen.0.clone()));
+            }
+        }
         stream.top += 1;
         stream.last_publish = now;
         event.offset = Some(stream.top);
         event.epoch = Some(stream.epoch.clone());
         let position = StreamPosition { offset: stream.top, epoch: stream.epoch.to_string() };
+        if let Some(key) = idempotency {
+            self.idempotency.insert(key, (position.clone(), now));
+        }
         if options.history_size > 0 {
             stream.retained.push_back((now, event.clone()));
         }
@@ -228,6 +251,21 @@ impl Broker for MemoryBroker {
         Ok(self.acks.get(&(channel.to_string(), user.to_string())).map(|p| p.clone()))
     }
 
+    async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
+        let channel = switchboard_protocol::channel::personal(user);
+        let present = self.sink.has_subscribers(&channel);
+        self.sink.deliver(&channel, ChannelEvent::Control(control));
+        Ok(present)
+    }
+
+    async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
+        Ok(self.sink.channel_names())
+    }
+
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        Ok(Vec::new())
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
@@ -244,6 +282,14 @@ mod tests {
         fn deliver(&self, channel: &str, event: ChannelEvent) {
             self.0.lock().expect("lock").push((channel.to_string(), event));
         }
+
+        fn has_subscribers(&self, _channel: &str) -> bool {
+            true
+        }
+
+        fn channel_names(&self) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     fn options(size: usize) -> StreamOptions {
@@ -256,6 +302,7 @@ mod tests {
             data: serde_json::value::to_raw_value(&n).expect("raw"),
             from: None,
             ephemeral: false,
+            idempotency_key: None,
         }
     }
 

@@ -63,6 +63,27 @@ pub struct NewPublication {
     pub from: Option<ClientInfo>,
     /// Live only: no offset, not stored.
     pub ephemeral: bool,
+    /// A retried publish with the same key (within the idempotency window) is stored and
+    /// delivered once and returns the first position.
+    pub idempotency_key: Option<String>,
+}
+
+/// An operator command addressed to every connection of one user, on whichever node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Close the connections with 3504 `force_disconnect`.
+    Disconnect {
+        /// Shown to the client in the disconnect push.
+        reason: String,
+    },
+    /// Unsubscribe the connections from a channel (they get an `unsubscribe` push).
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+        /// Shown to the client.
+        reason: String,
+    },
 }
 
 /// Something that happened in a channel, delivered to every node with subscribers.
@@ -74,6 +95,8 @@ pub enum ChannelEvent {
     Join(ClientInfo),
     /// A connection left.
     Leave(ClientInfo),
+    /// An operator command for the connections subscribed to this (personal) channel.
+    Control(Control),
 }
 
 /// A page of history.
@@ -110,6 +133,12 @@ pub struct PresenceStats {
 pub trait EventSink: Send + Sync + 'static {
     /// Called once per event, in the channel's order.
     fn deliver(&self, channel: &str, event: ChannelEvent);
+
+    /// Whether this node has subscribers of `channel`.
+    fn has_subscribers(&self, channel: &str) -> bool;
+
+    /// Channels with subscribers on this node.
+    fn channel_names(&self) -> Vec<String>;
 }
 
 /// The broker interface shared by the memory and Redis implementations.
@@ -161,6 +190,16 @@ pub trait Broker: Send + Sync + 'static {
 
     /// `user`'s acknowledged position in `channel`, if any.
     async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError>;
+
+    /// Sends `control` to every connection of `user` on every node. Returns whether any
+    /// node holds a connection of the user.
+    async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError>;
+
+    /// Channels with subscribers anywhere in the cluster.
+    async fn active_channels(&self) -> Result<Vec<String>, BrokerError>;
+
+    /// The cluster's nodes with their stats, as the registry reports them.
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError>;
 
     /// Whether the broker can currently serve requests (feeds `/readyz`).
     fn is_ready(&self) -> bool;

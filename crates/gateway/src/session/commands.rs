@@ -389,21 +389,14 @@ impl Session {
         self.authorize_access(&params.channel, &namespace)?;
         let data =
             serde_json::value::to_raw_value(&params.data).map_err(switchboard_protocol::CodecError::from)?;
-        let max = self.node.config.limits.max_payload_bytes;
-        if data.get().len() > max {
-            return Err(CommandError::refused(
-                Code::PayloadTooLarge,
-                format!("payload is larger than {max} bytes"),
-            ));
-        }
         let publication = NewPublication {
             event: params.event,
             data,
             from: Some(self.client_info()),
             ephemeral: params.ephemeral,
+            idempotency_key: None,
         };
-        let position = self.node.broker.publish(&params.channel, publication, namespace.stream).await?;
-        self.node.metrics.publications.inc();
+        let position = self.node.publish(&params.channel, publication).await?;
         let (offset, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
         self.reply(id, PublishResult { offset, epoch });
         Ok(())

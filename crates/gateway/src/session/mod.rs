@@ -15,7 +15,12 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use rand::Rng;
-use switchboard_protocol::{codec, push::Push, push::RefreshNeeded, reply::Reply, Code, Encoding, ErrorBody};
+use switchboard_protocol::{
+    codec,
+    push::{Push, RefreshNeeded, Unsubscribed},
+    reply::Reply,
+    Code, Encoding, ErrorBody,
+};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -25,7 +30,7 @@ use crate::{
     error::CommandError,
     hub::{to_message, ConnId},
     node::Node,
-    outbox::{outbox, CloseRequest, ConnControl, Outbox},
+    outbox::{outbox, CloseRequest, ConnControl, Outbox, SessionCommand},
     ratelimit::TokenBucket,
 };
 
@@ -43,7 +48,8 @@ pub(crate) async fn run(
     async move {
         let metrics = node.metrics.clone();
         metrics.connections_total.inc();
-        let control = Arc::new(ConnControl::default());
+        let (control, commands) = ConnControl::with_commands();
+        let control = Arc::new(control);
         let limits = &node.config.limits;
         let (outbox, rx) = outbox(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone());
         let (sink, stream) = socket.split();
@@ -53,7 +59,7 @@ pub(crate) async fn run(
             metrics.connections.inc();
             let mut session =
                 Session::new(node.clone(), conn, client_id, encoding, outbox, control.clone(), bearer);
-            session.read_loop(stream).await;
+            session.read_loop(stream, commands).await;
             session.cleanup().await;
             metrics.connections.dec();
             node.remove_connection();
@@ -142,7 +148,11 @@ impl Session {
         }
     }
 
-    async fn read_loop(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    async fn read_loop(
+        &mut self,
+        mut stream: futures_util::stream::SplitStream<WebSocket>,
+        mut commands: tokio::sync::mpsc::Receiver<SessionCommand>,
+    ) {
         let node = self.node.clone();
         let control = self.control.clone();
         loop {
@@ -159,10 +169,23 @@ impl Session {
                     Some(Err(error)) => self.on_read_error(&error),
                 },
                 () = tokio::time::sleep_until(deadline) => self.on_timer(),
+                Some(command) = commands.recv() => self.on_command(command).await,
             }
         }
         // If the client went away first, stop the writer too.
         control.terminate();
+    }
+
+    /// Carries out a request from outside the connection (an operator, via the hub).
+    async fn on_command(&mut self, command: SessionCommand) {
+        match command {
+            SessionCommand::Unsubscribe { channel, reason } => {
+                if self.subscriptions.contains_key(&channel) {
+                    self.leave(&channel).await;
+                    self.push(&Push::<()>::Unsubscribe(Unsubscribed { channel, reason }));
+                }
+            }
+        }
     }
 
     /// Maps a read error to a close: too large (3502), not valid WebSocket or UTF-8 (3500),

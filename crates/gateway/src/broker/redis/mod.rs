@@ -21,8 +21,8 @@ use fred::{clients::SubscriberClient, prelude::*};
 use switchboard_protocol::{ClientInfo, StreamPosition};
 
 use super::{
-    Broker, BrokerError, ChannelEvent, EventSink, HistoryPage, NewPublication, PresenceStats, Publication,
-    Since,
+    Broker, BrokerError, ChannelEvent, Control, EventSink, HistoryPage, NewPublication, PresenceStats,
+    Publication, Since,
 };
 use crate::{
     channel::{ChannelRules, StreamOptions},
@@ -341,8 +341,13 @@ impl Broker for RedisBroker {
             (stream.history_ttl.as_millis() as u64).max(1).to_string(),
             self.shared.meta_ttl_ms(stream).to_string(),
         ];
-        let reply =
-            self.shared.fcall("sb_publish", vec![keys::stream(channel), keys::meta(channel)], args).await?;
+        let mut keys_list = vec![keys::stream(channel), keys::meta(channel)];
+        let mut args = args;
+        if let Some(key) = &publication.idempotency_key {
+            keys_list.push(keys::idempotency(channel, key));
+            args.push((self.shared.config.idempotency_ttl_secs.max(1) * 1000).to_string());
+        }
+        let reply = self.shared.fcall("sb_publish", keys_list, args).await?;
         match reply {
             Value::Array(items) if items.len() >= 2 => {
                 let offset =
@@ -358,7 +363,7 @@ impl Broker for RedisBroker {
         let message = match &event {
             ChannelEvent::Join(client) => wire::presence_event(true, client),
             ChannelEvent::Leave(client) => wire::presence_event(false, client),
-            ChannelEvent::Publication(_) => return Ok(()),
+            ChannelEvent::Publication(_) | ChannelEvent::Control(_) => return Ok(()),
         }
         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         self.shared.publish_live(channel, message).await
@@ -439,6 +444,36 @@ impl Broker for RedisBroker {
             let (offset, epoch) = v.split_once(':')?;
             Some(StreamPosition { offset: offset.parse().ok()?, epoch: epoch.to_string() })
         }))
+    }
+
+    async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
+        let message = wire::control(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let channel = switchboard_protocol::channel::personal(user);
+        let receivers: i64 = self.shared.client.publish(keys::live(&channel), message).await?;
+        Ok(receivers > 0)
+    }
+
+    async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
+        let live: Vec<String> = self.shared.client.pubsub_channels("sb:{*}:live").await?;
+        let mut channels: Vec<String> =
+            live.iter().filter_map(|l| keys::channel_of_live(l)).map(str::to_string).collect();
+        channels.sort_unstable();
+        Ok(channels)
+    }
+
+    async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        let nodes: std::collections::HashMap<String, String> =
+            self.shared.client.hgetall(keys::NODES).await?;
+        let mut nodes: Vec<serde_json::Value> = nodes
+            .into_iter()
+            .map(|(id, stats)| {
+                let mut stats: serde_json::Value = serde_json::from_str(&stats).unwrap_or_default();
+                stats["node"] = serde_json::Value::String(id);
+                stats
+            })
+            .collect();
+        nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+        Ok(nodes)
     }
 
     fn is_ready(&self) -> bool {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchboard_protocol::ClientInfo;
 
-use crate::broker::{ChannelEvent, Publication};
+use crate::broker::{ChannelEvent, Control, Publication};
 
 /// A publication body as decoded.
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,8 @@ struct Envelope<'a> {
     j: Option<ClientInfo>,
     #[serde(default)]
     l: Option<ClientInfo>,
+    #[serde(default)]
+    c: Option<Control>,
 }
 
 /// Why a live message could not be understood.
@@ -85,6 +87,14 @@ pub fn presence_event(join: bool, client: &ClientInfo) -> Result<String, serde_j
     serde_json::to_string(&serde_json::json!({ key: client }))
 }
 
+/// An operator command envelope, published on a user's personal live channel.
+///
+/// # Errors
+/// Never in practice.
+pub fn control(control: &Control) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&serde_json::json!({ "c": control }))
+}
+
 /// Decodes a stored or ephemeral publication from its parts.
 ///
 /// # Errors
@@ -117,6 +127,7 @@ pub fn decode_live(channel: &Arc<str>, message: &[u8]) -> Result<ChannelEvent, W
     match envelope {
         Envelope { j: Some(client), .. } => Ok(ChannelEvent::Join(client)),
         Envelope { l: Some(client), .. } => Ok(ChannelEvent::Leave(client)),
+        Envelope { c: Some(control), .. } => Ok(ChannelEvent::Control(control)),
         Envelope { b: Some(body), o, e, t, .. } => {
             let position = match (o, e) {
                 (Some(offset), Some(epoch)) => Some((offset, Arc::from(epoch))),
