@@ -79,7 +79,7 @@ impl Node {
             let broker = Arc::new(MemoryBroker::new(hub.clone(), idle));
             spawn_sweeper(broker.clone(), rules.clone());
             broker
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        } else if url.starts_with("redis://") {
             RedisBroker::start(&config.broker, &id, hub.clone(), metrics.clone(), rules.clone())?
         } else {
             return Err(NodeError::BrokerUrl(config.broker.url.clone()));

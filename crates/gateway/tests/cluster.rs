@@ -507,3 +507,33 @@ async fn http_api_acts_on_a_user_connected_to_another_node() {
     let info: Value = serde_json::from_str(&channels.1).unwrap();
     assert_eq!(info["broker"], "redis");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_during_a_pub_sub_reconnect_are_caught_up() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = start_nodes(&redis, 1);
+    let mut client = connect_url(&nodes[0].ws_url(), "s", Encoding::Json).await;
+    // A channel that has seen no publication yet: the node knows its position only from
+    // the baseline it read when it subscribed.
+    client.ok("subscribe", json!({"channel": "chat:gap"})).await;
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    for n in 1..=3 {
+        let body = json!({"data": n}).to_string();
+        redis.cli(&[
+            "FCALL",
+            "sb_publish",
+            "2",
+            "sb:{chat:gap}:stream",
+            "sb:{chat:gap}:meta",
+            "sb:{chat:gap}:live",
+            &body,
+            "1000",
+            "300000",
+            "86400000",
+        ]);
+    }
+    let data = expect_sequence(&mut client, 1, 3).await;
+    assert_eq!(data, vec![json!(1), json!(2), json!(3)]);
+    assert!(nodes[0].metric("switchboard_broker_resyncs_total").unwrap_or(0.0) >= 1.0);
+}

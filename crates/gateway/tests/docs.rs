@@ -57,3 +57,31 @@ fn every_metric_is_documented() {
         .collect();
     assert!(missing.is_empty(), "undocumented metrics in docs/operations.md: {missing:?}");
 }
+
+#[test]
+fn every_redis_key_and_function_is_documented() {
+    use switchboard_protocol::redis as keys;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/redis.md")).unwrap();
+    let channel = "<channel>";
+    let names = [
+        keys::stream(channel),
+        keys::meta(channel),
+        keys::live(channel),
+        keys::idempotency(channel, "<key>"),
+        keys::presence(channel),
+        keys::presence_expiry(channel),
+        keys::presence_users(channel),
+        keys::acks(channel),
+        keys::probe("<node>"),
+        keys::NODES.to_string(),
+        keys::NODES_SEEN.to_string(),
+        keys::NAMESPACES.to_string(),
+    ];
+    for name in names {
+        assert!(doc.contains(&format!("`{name}`")), "docs/redis.md does not list `{name}`");
+    }
+    for line in keys::LIBRARY.lines().filter(|l| l.contains("register_function")) {
+        let function = line.split('\'').nth(1).unwrap();
+        assert!(doc.contains(&format!("`{function}`")), "docs/redis.md does not document `{function}`");
+    }
+}

@@ -22,15 +22,26 @@ local function now_ms()
 end
 
 -- The stream's epoch, creating the stream metadata (and dropping any orphaned stream
--- entries, whose offsets would clash) when it does not exist.
-local function ensure_epoch(stream, meta)
+-- entries, whose offsets would clash) when it does not exist. New metadata expires after
+-- <meta ttl ms> unless a publication extends it.
+local function ensure_epoch(stream, meta, meta_ttl)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     epoch = new_epoch()
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+    redis.call('PEXPIRE', meta, meta_ttl)
   end
   return epoch
+end
+
+-- A whole number >= min, or nil.
+local function whole(value, min)
+  local n = tonumber(value)
+  if n and n == math.floor(n) and n >= min then
+    return n
+  end
+  return nil
 end
 
 local function check_body(body)
@@ -38,7 +49,8 @@ local function check_body(body)
   if not ok or type(decoded) ~= 'table' or decoded['data'] == nil then
     return false
   end
-  if decoded['event'] ~= nil and type(decoded['event']) ~= 'string' then
+  local event = decoded['event']
+  if event ~= nil and event ~= cjson.null and type(event) ~= 'string' then
     return false
   end
   return true
@@ -53,9 +65,10 @@ end
 local function publish(keys, args)
   local stream, meta, idem = keys[1], keys[2], keys[3]
   local live, body = args[1], args[2]
-  local size, ttl, meta_ttl = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
-  if not live or not body or not size or not ttl or not meta_ttl then
-    return redis.error_reply('ERR sb_publish: expected <live channel> <body> <history size> <history ttl ms> <meta ttl ms>')
+  local size, ttl, meta_ttl = whole(args[3], 0), whole(args[4], 1), whole(args[5], 1)
+  local idem_ttl = whole(args[6] or '300000', 1)
+  if not live or not body or not size or not ttl or not meta_ttl or not idem_ttl then
+    return redis.error_reply('ERR sb_publish: expected <live channel> <body> <history size: integer >= 0> <history ttl ms: integer >= 1> <meta ttl ms: integer >= 1> [<idempotency ttl ms: integer >= 1>]')
   end
   if idem then
     local seen = redis.call('GET', idem)
@@ -67,7 +80,7 @@ local function publish(keys, args)
   if not check_body(body) then
     return redis.error_reply('ERR sb_publish: body must be a JSON object with a "data" field and an optional string "event"')
   end
-  local epoch = ensure_epoch(stream, meta)
+  local epoch = ensure_epoch(stream, meta, math.max(meta_ttl, ttl))
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
   local ts = now_ms()
   if size > 0 then
@@ -77,7 +90,6 @@ local function publish(keys, args)
   redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl))
   redis.call('PUBLISH', live, '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ts .. ',"b":' .. body .. '}')
   if idem then
-    local idem_ttl = tonumber(args[6]) or 60000
     redis.call('SET', idem, offset .. ':' .. epoch, 'PX', idem_ttl)
   end
   return {offset, epoch, 0}
@@ -90,10 +102,12 @@ end
 -- subscriber learns the epoch before the first publication.
 local function history(keys, args)
   local stream, meta = keys[1], keys[2]
-  local mode, after, limit = args[1], tonumber(args[2]), tonumber(args[3])
-  local ttl, meta_ttl = tonumber(args[4]), tonumber(args[5])
-  local epoch = ensure_epoch(stream, meta)
-  redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
+  local mode, after, limit = args[1], whole(args[2], 0), whole(args[3], 0)
+  local ttl, meta_ttl = whole(args[4], 1), whole(args[5], 1)
+  if (mode ~= 'after' and mode ~= 'latest') or not after or not limit or not ttl or not meta_ttl then
+    return redis.error_reply('ERR sb_history: expected <latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> (whole numbers)')
+  end
+  local epoch = ensure_epoch(stream, meta, math.max(meta_ttl, ttl))
   local top = tonumber(redis.call('HGET', meta, 'offset'))
   local entries = {}
   if limit > 0 then
@@ -166,12 +180,16 @@ local function presence_add(keys, args)
   return 1
 end
 
--- FCALL sb_presence_refresh 3 <hash> <zset> <users> <ttl ms> <client id>...
+-- FCALL sb_presence_refresh 3 <hash> <zset> <users> <ttl ms> (<client id> <user> <client info JSON>)...
+-- Extends the given entries, re-adding any that expired or were lost (a Redis restart).
 local function presence_refresh(keys, args)
   local ttl = tonumber(args[1])
   local expiry = now_ms() + ttl
-  for i = 2, #args do
-    redis.call('ZADD', keys[2], 'XX', expiry, args[i])
+  for i = 2, #args - 2, 3 do
+    if redis.call('HSET', keys[1], args[i], args[i + 2]) == 1 then
+      redis.call('HINCRBY', keys[3], args[i + 1], 1)
+    end
+    redis.call('ZADD', keys[2], expiry, args[i])
   end
   for _, key in ipairs(keys) do
     redis.call('PEXPIRE', key, ttl * 2)

@@ -4,7 +4,7 @@
 //!
 //! Every name of one Switchboard channel embeds the channel as a hash tag `{<channel>}`,
 //! so a channel's keys share one Redis Cluster slot. Channel names cannot contain braces
-//! (see `channel::ALLOWED_PUNCTUATION`), so the tag is always the whole channel name.
+//! (see `crate::channel::ALLOWED_PUNCTUATION`), so the tag is always the whole channel name.
 
 use serde::Serialize;
 use serde_json::value::RawValue;

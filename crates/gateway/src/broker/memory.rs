@@ -214,14 +214,15 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError> {
+        let mut removed = false;
         if let dashmap::Entry::Occupied(mut entry) = self.presence.entry(channel.to_string()) {
-            entry.get_mut().remove(client_id);
+            removed = entry.get_mut().remove(client_id).is_some();
             if entry.get().is_empty() {
                 entry.remove();
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {

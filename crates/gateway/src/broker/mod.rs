@@ -175,8 +175,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Records `client` as present in `channel`.
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
 
-    /// Removes connection `client_id` from `channel`'s presence.
-    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError>;
+    /// Removes connection `client_id` from `channel`'s presence. Returns whether it was
+    /// present (an expired entry already had its leave event emitted).
+    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError>;
 
     /// Everyone present in `channel`.
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;

@@ -366,12 +366,15 @@ impl Session {
         if let Err(error) = broker.unsubscribe(channel).await {
             tracing::warn!(%error, %channel, "cannot drop broker interest");
         }
+        // A presence entry that already expired had its leave emitted by whoever expired it.
+        let mut present = true;
         if namespace.config.presence {
-            if let Err(error) = broker.presence_remove(channel, &self.client_id).await {
-                tracing::warn!(%error, %channel, "cannot remove presence");
+            match broker.presence_remove(channel, &self.client_id).await {
+                Ok(removed) => present = removed,
+                Err(error) => tracing::warn!(%error, %channel, "cannot remove presence"),
             }
         }
-        if namespace.config.join_leave {
+        if namespace.config.join_leave && present {
             if let Err(error) = broker.emit(channel, ChannelEvent::Leave(self.client_info())).await {
                 tracing::warn!(%error, %channel, "cannot emit leave");
             }

@@ -13,7 +13,7 @@ mod registry;
 mod subscriber;
 pub mod wire;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -53,7 +53,7 @@ pub struct RedisBroker {
     shared: Arc<RedisShared>,
     subscriber: subscriber::Subscriber,
     /// Presence entries of this node's connections, refreshed before they expire.
-    local_presence: Arc<DashMap<String, HashSet<String>>>,
+    local_presence: Arc<DashMap<String, HashMap<String, ClientInfo>>>,
 }
 
 impl RedisBroker {
@@ -119,11 +119,14 @@ impl RedisBroker {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let snapshot: Vec<(String, Vec<String>)> =
-                    local.iter().map(|e| (e.key().clone(), e.value().iter().cloned().collect())).collect();
+                let snapshot: Vec<(String, Vec<ClientInfo>)> =
+                    local.iter().map(|e| (e.key().clone(), e.value().values().cloned().collect())).collect();
                 for (channel, clients) in snapshot {
                     let mut args = vec![(ttl.as_millis() as u64).to_string()];
-                    args.extend(clients);
+                    for client in clients {
+                        let Ok(info) = serde_json::to_string(&client) else { continue };
+                        args.extend([client.client, client.user, info]);
+                    }
                     if let Err(error) =
                         shared.fcall("sb_presence_refresh", presence_keys(&channel), args).await
                     {
@@ -270,6 +273,12 @@ impl RedisShared {
         Ok((epoch, top, publications))
     }
 
+    /// The channel's current epoch and newest offset.
+    async fn position(&self, channel: &str) -> Result<(Arc<str>, u64), BrokerError> {
+        let (epoch, top, _) = self.read(channel, None, 0, self.stream_options(channel)).await?;
+        Ok((epoch, top))
+    }
+
     /// Publications after `from`, as far as the stream holds them.
     async fn read_after(
         &self,
@@ -396,19 +405,22 @@ impl Broker for RedisBroker {
         let info = serde_json::to_string(&client).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let args = vec![client.client.clone(), client.user.clone(), info, ttl_ms.to_string()];
         self.shared.fcall("sb_presence_add", presence_keys(channel), args).await?;
-        self.local_presence.entry(channel.to_string()).or_default().insert(client.client);
+        self.local_presence.entry(channel.to_string()).or_default().insert(client.client.clone(), client);
         Ok(())
     }
 
-    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError> {
         if let dashmap::Entry::Occupied(mut entry) = self.local_presence.entry(channel.to_string()) {
             entry.get_mut().remove(client_id);
             if entry.get().is_empty() {
                 entry.remove();
             }
         }
-        self.shared.fcall("sb_presence_remove", presence_keys(channel), vec![client_id.to_string()]).await?;
-        Ok(())
+        let removed = self
+            .shared
+            .fcall("sb_presence_remove", presence_keys(channel), vec![client_id.to_string()])
+            .await?;
+        Ok(integer(&removed) == Some(1))
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {

@@ -40,6 +40,9 @@ enum Op {
 enum ReaderCommand {
     CatchUp(Vec<String>),
     Forget(Vec<String>),
+    /// The stream position right after the node subscribed a channel: where catching up
+    /// starts if the connection breaks before any publication arrived.
+    Baseline(Vec<(String, Arc<str>, u64)>),
 }
 
 /// Handle to the pub/sub side.
@@ -210,14 +213,34 @@ async fn interest_loop(
             touched.iter().filter(|c| !counts.contains_key(*c) && subscribed.contains(*c)).cloned().collect();
 
         let mut failure = None;
+        let mut fresh = Vec::new();
         for chunk in to_subscribe.chunks(512) {
             let names: Vec<String> = chunk.iter().map(|c| live_name(c, &probe_channel)).collect();
             match client.subscribe(names).await {
-                Ok(()) => subscribed.extend(chunk.iter().cloned()),
+                Ok(()) => {
+                    fresh.extend(
+                        chunk.iter().filter(|c| **c != probe_channel && !subscribed.contains(*c)).cloned(),
+                    );
+                    subscribed.extend(chunk.iter().cloned());
+                }
                 Err(error) => {
                     failure = Some(error.to_string());
                     break;
                 }
+            }
+        }
+        if !resync && !fresh.is_empty() {
+            // Read before answering the waiters: every local subscriber then reads its own
+            // history later, so nothing at or before the baseline is missing for it.
+            let reads = fresh.iter().map(|channel| shared.position(channel));
+            let baselines: Vec<(String, Arc<str>, u64)> = futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .zip(fresh)
+                .filter_map(|(position, channel)| position.ok().map(|(epoch, top)| (channel, epoch, top)))
+                .collect();
+            if reader.send(ReaderCommand::Baseline(baselines)).await.is_err() {
+                return;
             }
         }
         if resync {
@@ -293,6 +316,11 @@ impl Reader {
                 },
                 command = commands.recv() => match command {
                     Some(ReaderCommand::CatchUp(channels)) => self.catch_up(channels).await,
+                    Some(ReaderCommand::Baseline(baselines)) => {
+                        for (channel, epoch, top) in baselines {
+                            self.positions.entry(Arc::from(channel)).or_insert((epoch, top));
+                        }
+                    }
                     Some(ReaderCommand::Forget(channels)) => {
                         for channel in channels {
                             self.positions.remove(channel.as_str());
