@@ -1,0 +1,335 @@
+//! An async Rust client for Switchboard.
+//!
+//! [`Client::connect`] starts a background task that holds one WebSocket, authenticates
+//! with a token from a callback (called again on every reconnect and refresh), and
+//! reconnects with exponential backoff and full jitter ([`Backoff`]), honouring the
+//! server's reconnect advice and stopping for good on "don't reconnect" codes.
+//!
+//! Every subscription remembers the position of the last publication it delivered. After
+//! a reconnect (to any node) it resubscribes with that position, so the application sees
+//! every publication exactly once and in order; when the server cannot recover, the
+//! subscription yields [`Event::Subscribed`] with `recovered: Some(false)` and the
+//! application refetches its state.
+//!
+//! Events are delivered through a bounded queue per subscription. A subscription that
+//! is not read applies backpressure to the whole connection (the server may then close
+//! it as a slow consumer, and recovery fills the gap on reconnect): read your
+//! subscriptions.
+
+mod backoff;
+mod driver;
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+pub use backoff::Backoff;
+use serde_json::Value;
+pub use switchboard_protocol::{
+    push::Publication as WirePublication, ClientInfo, Code, Encoding, ErrorBody, StreamPosition,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A publication as the application receives it.
+pub type Publication = WirePublication<Value>;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("server error {}: {}", .0.code, .0.message)]
+    Server(ErrorBody),
+    /// The call needs a live connection and there is none right now.
+    #[error("not connected")]
+    NotConnected,
+    /// The client was closed, or the server said not to reconnect.
+    #[error("client closed")]
+    Closed,
+    /// No reply in time.
+    #[error("no reply within the request timeout")]
+    Timeout,
+    /// The command could not be encoded.
+    #[error("cannot encode the command: {0}")]
+    Encode(String),
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The channel is (re)subscribed. `recovered` is `Some(false)` when publications were
+    /// missed and cannot be replayed: refetch the state. Publications that follow carry
+    /// offsets after `offset`.
+    Subscribed {
+        /// Stream epoch.
+        epoch: String,
+        /// Offset of the newest publication at subscribe time.
+        offset: u64,
+        /// Whether missed publications follow (`Some(true)`), could not be recovered
+        /// (`Some(false)`), or no recovery was asked (`None`, first subscribe).
+        recovered: Option<bool>,
+    },
+    /// A publication.
+    Publication(Publication),
+    /// Someone joined (join/leave namespaces).
+    Join(ClientInfo),
+    /// Someone left.
+    Leave(ClientInfo),
+    /// The server unsubscribed this connection; the subscription ends.
+    Unsubscribed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The connection's state, observable with [`Client::state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Opening a WebSocket and authenticating.
+    Connecting,
+    /// Connected and authenticated.
+    Connected {
+        /// Connection id.
+        client: String,
+        /// Node id.
+        node: String,
+    },
+    /// Lost; reconnecting after a backoff delay.
+    Disconnected {
+        /// The server's code, when it said one.
+        code: Option<Code>,
+        /// Why.
+        reason: String,
+    },
+    /// Stopped for good (closed by the application, or a "don't reconnect" code).
+    Closed {
+        /// The server's code, when it said one.
+        code: Option<Code>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Supplies a fresh connection token, at every (re)connect and when the server asks for
+/// a refresh.
+pub type TokenProvider =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
+/// A token provider that always returns the same token.
+pub fn static_token(token: impl Into<String>) -> TokenProvider {
+    let token: String = token.into();
+    Arc::new(move || {
+        let token = token.clone();
+        Box::pin(async move { Ok(token) })
+    })
+}
+
+/// Client settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// WebSocket URLs (`ws://host/ws`); tried in turn on reconnect. Usually one load
+    /// balancer URL.
+    pub urls: Vec<String>,
+    /// Wire encoding.
+    pub encoding: Encoding,
+    /// Token source.
+    pub token: TokenProvider,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Events queued per subscription before the connection waits for the reader.
+    pub subscription_buffer: usize,
+    /// How long a call waits for its reply.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Settings with defaults for one URL.
+    pub fn new(url: impl Into<String>, token: TokenProvider) -> ClientConfig {
+        ClientConfig {
+            urls: vec![url.into()],
+            encoding: Encoding::Json,
+            token,
+            backoff: Backoff::default(),
+            subscription_buffer: 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) enum Request {
+    Subscribe {
+        channel: String,
+        events: mpsc::Sender<Event>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Unsubscribe {
+        channel: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Call {
+        method: &'static str,
+        params: Value,
+        reply: oneshot::Sender<Result<Value, ClientError>>,
+    },
+    Close,
+}
+
+/// A subscription's events, in order.
+pub struct Subscription {
+    channel: String,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next event; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+/// A handle to the connection task. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    requests: mpsc::Sender<Request>,
+    state: watch::Receiver<ConnectionState>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Starts connecting in the background. The returned subscription is the personal
+    /// channel `user:<id>` the server subscribes every connection to.
+    pub fn connect(config: ClientConfig) -> (Client, Subscription) {
+        let (requests, requests_rx) = mpsc::channel(256);
+        let (state_tx, state) = watch::channel(ConnectionState::Connecting);
+        let (personal_tx, personal_rx) = mpsc::channel(config.subscription_buffer);
+        let timeout = config.request_timeout;
+        tokio::spawn(driver::Driver::new(config, requests_rx, state_tx, personal_tx).run());
+        let personal = Subscription { channel: "user:<self>".into(), events: personal_rx };
+        (Client { requests, state, timeout }, personal)
+    }
+
+    /// Connection state changes.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+
+    /// Waits until connected (or closed).
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the client stopped for good.
+    pub async fn wait_connected(&self) -> Result<(), ClientError> {
+        let mut state = self.state.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                ConnectionState::Connected { .. } => return Ok(()),
+                ConnectionState::Closed { .. } => return Err(ClientError::Closed),
+                _ => {}
+            }
+            state.changed().await.map_err(|_| ClientError::Closed)?;
+        }
+    }
+
+    /// Subscribes to `channel`. The subscription survives reconnects and recovers what
+    /// was missed.
+    ///
+    /// # Errors
+    /// The server's refusal, or [`ClientError::Closed`].
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, ClientError> {
+        let (events_tx, events) = mpsc::channel(1024);
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Subscribe { channel: channel.to_string(), events: events_tx, reply };
+        self.send(request, answer).await?;
+        Ok(Subscription { channel: channel.to_string(), events })
+    }
+
+    /// Leaves `channel`.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`].
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Unsubscribe { channel: channel.to_string(), reply }, answer).await
+    }
+
+    /// Publishes `data` to `channel` (where the namespace allows client publishing).
+    ///
+    /// # Errors
+    /// The server's refusal, [`ClientError::NotConnected`], or a timeout.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: Option<&str>,
+        data: Value,
+        ephemeral: bool,
+    ) -> Result<Value, ClientError> {
+        let mut params = serde_json::json!({"channel": channel, "data": data, "ephemeral": ephemeral});
+        if let Some(event) = event {
+            params["event"] = Value::String(event.into());
+        }
+        self.call("publish", params).await
+    }
+
+    /// Connections present in `channel`.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn presence(&self, channel: &str) -> Result<Value, ClientError> {
+        self.call("presence", serde_json::json!({ "channel": channel })).await
+    }
+
+    /// Connection and user counts of `channel`.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn presence_stats(&self, channel: &str) -> Result<Value, ClientError> {
+        self.call("presence_stats", serde_json::json!({ "channel": channel })).await
+    }
+
+    /// The newest `limit` publications of `channel`.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn history(&self, channel: &str, limit: u32) -> Result<Value, ClientError> {
+        self.call("history", serde_json::json!({"channel": channel, "limit": limit})).await
+    }
+
+    /// Acknowledges having processed `channel` up to `position` (offline delivery).
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn ack(&self, channel: &str, position: &StreamPosition) -> Result<(), ClientError> {
+        let params =
+            serde_json::json!({"channel": channel, "offset": position.offset, "epoch": position.epoch});
+        self.call("ack", params).await.map(|_| ())
+    }
+
+    /// Any command by method name; returns the raw result.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn call(&self, method: &'static str, params: Value) -> Result<Value, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Call { method, params, reply }, answer).await
+    }
+
+    /// Closes the connection for good.
+    pub async fn close(&self) {
+        // Fails only when the task already stopped, which is the goal.
+        let _ = self.requests.send(Request::Close).await;
+    }
+
+    async fn send<T>(
+        &self,
+        request: Request,
+        answer: oneshot::Receiver<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        self.requests.send(request).await.map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+}

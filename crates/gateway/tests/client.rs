@@ -1,0 +1,134 @@
+//! The Rust client against real gateway nodes: reconnect, backoff, recovery across a node
+//! kill, `recovered: false` surfaced, and "don't reconnect" codes honoured.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod fixture;
+
+use std::time::Duration;
+
+use fixture::{cluster::start_nodes, cluster::SERIAL, config, connect_url, TestServer};
+use serde_json::json;
+use switchboard_client::{static_token, Backoff, Client, ClientConfig, ConnectionState, Event, Subscription};
+use switchboard_protocol::{Code, Encoding};
+use switchboard_testkit::{Persistence, RedisServer};
+
+fn client_config(urls: Vec<String>, user: &str, encoding: Encoding) -> ClientConfig {
+    let mut config = ClientConfig::new(urls[0].clone(), static_token(fixture::token(user)));
+    config.urls = urls;
+    config.encoding = encoding;
+    config.backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(500) };
+    config
+}
+
+/// The next event other than join/leave.
+async fn next(subscription: &mut Subscription) -> Event {
+    loop {
+        let event = tokio::time::timeout(fixture::WAIT, subscription.next())
+            .await
+            .expect("event in time")
+            .expect("subscription open");
+        if !matches!(event, Event::Join(_) | Event::Leave(_)) {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_recovers_every_publication_across_a_node_kill() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let mut nodes = start_nodes(&redis, 3);
+    let urls = vec![nodes[0].ws_url(), nodes[1].ws_url()];
+    let mut clients = Vec::new();
+    for (i, encoding) in [Encoding::Json, Encoding::MsgPack].into_iter().enumerate() {
+        let (client, _personal) = Client::connect(client_config(urls.clone(), &format!("c{i}"), encoding));
+        client.wait_connected().await.unwrap();
+        let mut subscription = client.subscribe("chat:sdk").await.unwrap();
+        assert!(matches!(next(&mut subscription).await, Event::Subscribed { recovered: None, .. }));
+        clients.push((client, subscription));
+    }
+    let total = 300u64;
+    let publisher_url = nodes[2].ws_url();
+    let publisher = tokio::spawn(async move {
+        let mut publisher = connect_url(&publisher_url, "pub", Encoding::Json).await;
+        for n in 1..=total {
+            publisher.ok("publish", json!({"channel": "chat:sdk", "data": n})).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut received: Vec<Vec<u64>> = vec![Vec::new(); clients.len()];
+    for (i, (_, subscription)) in clients.iter_mut().enumerate() {
+        while received[i].len() < 30 {
+            if let Event::Publication(p) = next(subscription).await {
+                received[i].push(p.offset.unwrap());
+            }
+        }
+    }
+    nodes[0].kill9();
+    for (i, (_, subscription)) in clients.iter_mut().enumerate() {
+        while received[i].last() != Some(&total) {
+            match next(subscription).await {
+                Event::Publication(p) => received[i].push(p.offset.unwrap()),
+                Event::Subscribed { recovered, .. } => assert_eq!(recovered, Some(true)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            received[i],
+            (1..=total).collect::<Vec<_>>(),
+            "client {i}: complete, ordered, no duplicates"
+        );
+    }
+    assert!(matches!(&*clients[0].0.state().borrow(), ConnectionState::Connected { .. }));
+    publisher.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_surfaces_recovered_false_when_the_stream_is_gone() {
+    let mut first = TestServer::start(config()).await;
+    let second = TestServer::start(config()).await;
+    let (client, _personal) =
+        Client::connect(client_config(vec![first.url(), second.url()], "u1", Encoding::Json));
+    client.wait_connected().await.unwrap();
+    let mut subscription = client.subscribe("open:state").await.unwrap();
+    next(&mut subscription).await;
+    client.publish("open:state", None, json!(1), false).await.unwrap();
+    assert!(matches!(next(&mut subscription).await, Event::Publication(_)));
+    // The first node drains (3000 shutdown, reconnect); the second has other epochs.
+    first.begin_shutdown();
+    match next(&mut subscription).await {
+        Event::Subscribed { recovered, offset, .. } => assert_eq!((recovered, offset), (Some(false), 0)),
+        other => panic!("expected a resubscribe, got {other:?}"),
+    }
+    client.publish("open:state", None, json!(2), false).await.unwrap();
+    match next(&mut subscription).await {
+        Event::Publication(p) => assert_eq!((p.offset, p.data), (Some(1), json!(2))),
+        other => panic!("{other:?}"),
+    }
+    first.stopped().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_stops_on_a_do_not_reconnect_code() {
+    let mut config = config();
+    config.limits.max_connections_per_user = 1;
+    let server = TestServer::start(config).await;
+    let _holder = server.connect("solo", Encoding::Json).await;
+    let (client, _personal) = Client::connect(client_config(vec![server.url()], "solo", Encoding::Json));
+    let mut state = client.state();
+    let closed = tokio::time::timeout(fixture::WAIT, async {
+        loop {
+            if let ConnectionState::Closed { code, .. } = &*state.borrow_and_update() {
+                return *code;
+            }
+            state.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, Some(Code::LimitExceeded));
+    assert!(client.wait_connected().await.is_err());
+    server.shutdown().await;
+}
