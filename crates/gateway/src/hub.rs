@@ -82,8 +82,8 @@ impl Delivery {
         }
     }
 
-    /// The stream position of a publication event.
-    fn position(&self) -> Option<(&str, u64)> {
+    /// The stream position of a publication event, with its shared epoch.
+    fn stream_position(&self) -> Option<(&Arc<str>, u64)> {
         match &self.event {
             ChannelEvent::Publication(Publication { epoch: Some(epoch), offset: Some(offset), .. }) => {
                 Some((epoch, *offset))
@@ -148,10 +148,26 @@ struct Subscriber {
     outbox: Outbox,
     encoding: Encoding,
     state: State,
+    /// The last position this subscriber was sent. Publications at or before it are
+    /// dropped: with Redis, a live message can reach the hub after the subscriber
+    /// already got the same publication from history.
+    last: Option<(Arc<str>, u64)>,
 }
 
 impl Subscriber {
-    fn push(&self, delivery: &Delivery) {
+    fn push(&mut self, delivery: &Delivery) {
+        if let Some((epoch, offset)) = delivery.stream_position() {
+            match &mut self.last {
+                // Same stream: only the offset moves (no allocation on the hot path).
+                Some((last_epoch, last)) if Arc::ptr_eq(last_epoch, epoch) || **last_epoch == **epoch => {
+                    if offset <= *last {
+                        return;
+                    }
+                    *last = offset;
+                }
+                _ => self.last = Some((epoch.clone(), offset)),
+            }
+        }
         if let Some(frame) = delivery.frame(self.encoding) {
             self.outbox.push(frame.clone(), Some(delivery.received_at));
         }
@@ -181,7 +197,7 @@ impl Hub {
         if entry.contains_key(&conn) {
             return false;
         }
-        entry.insert(conn, Subscriber { outbox, encoding, state: State::Buffering(Vec::new()) });
+        entry.insert(conn, Subscriber { outbox, encoding, state: State::Buffering(Vec::new()), last: None });
         self.metrics.subscriptions.inc();
         true
     }
@@ -199,14 +215,9 @@ impl Hub {
         let State::Buffering(buffered) = std::mem::replace(&mut subscriber.state, State::Live) else {
             return;
         };
+        subscriber.last = delivered.map(|(epoch, offset)| (Arc::from(epoch), offset));
         for delivery in buffered {
-            let already_sent = match (delivery.position(), delivered) {
-                (Some((epoch, offset)), Some((sent_epoch, sent))) => epoch == sent_epoch && offset <= sent,
-                _ => false,
-            };
-            if !already_sent {
-                subscriber.push(&delivery);
-            }
+            subscriber.push(&delivery);
         }
     }
 
@@ -285,5 +296,47 @@ impl EventSink for Hub {
             }
         }
         self.metrics.deliveries.inc_by(subscribers.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{outbox, ConnControl};
+
+    fn publication(epoch: &Arc<str>, offset: u64) -> ChannelEvent {
+        ChannelEvent::Publication(Publication {
+            channel: Arc::from("c"),
+            offset: Some(offset),
+            epoch: Some(epoch.clone()),
+            event: None,
+            data: serde_json::value::to_raw_value(&offset).expect("raw"),
+            ts: 0,
+            from: None,
+        })
+    }
+
+    /// With Redis, a live copy of a publication the subscriber already got from history
+    /// can reach the hub after the subscription went live: it must not be sent twice.
+    #[test]
+    fn late_live_copies_of_recovered_publications_are_dropped() {
+        let hub = Hub::new(Arc::new(Metrics::new()), 16);
+        let (outbox, mut rx) = outbox(16, 1 << 20, Arc::new(ConnControl::default()));
+        let epoch: Arc<str> = Arc::from("e1");
+        assert!(hub.subscribe("c", 1, outbox, Encoding::Json));
+        hub.deliver("c", publication(&epoch, 4));
+        hub.go_live("c", 1, Some(("e1", 5)));
+        hub.deliver("c", publication(&epoch, 5));
+        hub.deliver("c", publication(&epoch, 6));
+        hub.deliver("c", publication(&epoch, 6));
+        let mut sent = Vec::new();
+        while let Some(frame) = rx.try_recv() {
+            sent.push(frame.message.into_data());
+        }
+        assert_eq!(sent.len(), 1, "only offset 6, once");
+        assert!(String::from_utf8_lossy(&sent[0]).contains("\"offset\":6"));
+        // A new epoch (stream reset) starts over.
+        hub.deliver("c", publication(&Arc::from("e2"), 1));
+        assert!(rx.try_recv().is_some());
     }
 }

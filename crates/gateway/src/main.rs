@@ -135,6 +135,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => println!("{}", mint(&config, &args)?),
         Command::Serve => {
             init_tracing(&config);
+            // Every connection is a file descriptor: use all the hard limit allows.
+            match rlimit::increase_nofile_limit(u64::MAX) {
+                Ok(limit) => tracing::debug!(limit, "open-file limit"),
+                Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+            }
             if cli.common.dev {
                 tracing::warn!(
                     "--dev: using the development HMAC secret unless one is configured; never in production"

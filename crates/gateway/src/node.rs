@@ -76,7 +76,8 @@ impl Node {
         let url = config.broker.url.as_str();
         let broker: Arc<dyn Broker> = if url.starts_with("memory://") {
             let idle = Duration::from_secs(config.broker.stream_meta_ttl_secs);
-            let broker = Arc::new(MemoryBroker::new(hub.clone(), idle));
+            let idempotency = Duration::from_secs(config.broker.idempotency_ttl_secs);
+            let broker = Arc::new(MemoryBroker::new(hub.clone(), idle).with_idempotency_ttl(idempotency));
             spawn_sweeper(broker.clone(), rules.clone());
             broker
         } else if url.starts_with("redis://") {

@@ -83,6 +83,7 @@ async fn answerable_mistakes_get_error_replies_and_the_connection_stays() {
             ("publish", json!({"channel": "news", "data": 1}), Code::PermissionDenied),
             ("publish", json!({"channel": "open:x", "data": "x".repeat(40_000)}), Code::PayloadTooLarge),
             ("unsubscribe", json!({"channel": "open:x"}), Code::NotSubscribed),
+            ("unsubscribe", json!({"channel": "user:u1"}), Code::PermissionDenied),
             ("history", json!({"channel": "nohist:x"}), Code::NotAvailable),
             ("presence", json!({"channel": "nohist:x"}), Code::NotAvailable),
             ("presence_stats", json!({"channel": "user:u1"}), Code::NotAvailable),

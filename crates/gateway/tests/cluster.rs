@@ -144,6 +144,7 @@ impl Follower {
                 Ok(Some(Ok(_))) => {}
                 Ok(None | Some(Err(_))) => {
                     reconnects += 1;
+                    eprintln!("{} reconnects after {:?}", self.user, self.received.last());
                     self.client = connect_url(fallback, &self.user, Encoding::Json).await;
                     let (offset, epoch) = self.position.clone().unwrap();
                     let reply = self
@@ -154,6 +155,7 @@ impl Follower {
                         )
                         .await;
                     assert_eq!(reply["recovered"], true, "{reply}");
+                    eprintln!("{} resubscribed: {reply}", self.user);
                 }
                 Err(_) => panic!("{} stalled at {:?}", self.user, self.received.last()),
             }

@@ -35,10 +35,13 @@ local function ensure_epoch(stream, meta, meta_ttl)
   return epoch
 end
 
--- A whole number >= min, or nil.
+-- A plain decimal whole number in [min, 2^53), or nil.
 local function whole(value, min)
+  if type(value) ~= 'string' or not string.match(value, '^%d+$') or #value > 15 then
+    return nil
+  end
   local n = tonumber(value)
-  if n and n == math.floor(n) and n >= min then
+  if n >= min then
     return n
   end
   return nil
@@ -108,6 +111,9 @@ local function history(keys, args)
     return redis.error_reply('ERR sb_history: expected <latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> (whole numbers)')
   end
   local epoch = ensure_epoch(stream, meta, math.max(meta_ttl, ttl))
+  -- Readers (subscribers) keep the metadata alive too, so an active channel without
+  -- publications keeps its epoch.
+  redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
   local top = tonumber(redis.call('HGET', meta, 'offset'))
   local entries = {}
   if limit > 0 then

@@ -351,6 +351,10 @@ impl Session {
         if !self.subscriptions.contains_key(&params.channel) {
             return Err(CommandError::refused(Code::NotSubscribed, "not subscribed"));
         }
+        if self.identity().user.as_str() != "" && params.channel == personal_channel(&self.identity().user) {
+            // It carries notifications and operator commands for this connection.
+            return Err(CommandError::refused(Code::PermissionDenied, "the personal channel cannot be left"));
+        }
         self.leave(&params.channel).await;
         self.reply(id, Empty {});
         Ok(())

@@ -229,7 +229,7 @@ async fn interest_loop(
                 }
             }
         }
-        if !resync && !fresh.is_empty() {
+        if !fresh.is_empty() {
             // Read before answering the waiters: every local subscriber then reads its own
             // history later, so nothing at or before the baseline is missing for it.
             let reads = fresh.iter().map(|channel| shared.position(channel));
@@ -237,7 +237,13 @@ async fn interest_loop(
                 .await
                 .into_iter()
                 .zip(fresh)
-                .filter_map(|(position, channel)| position.ok().map(|(epoch, top)| (channel, epoch, top)))
+                .filter_map(|(position, channel)| match position {
+                    Ok((epoch, top)) => Some((channel, epoch, top)),
+                    Err(error) => {
+                        tracing::warn!(%error, %channel, "cannot read the baseline position");
+                        None
+                    }
+                })
                 .collect();
             if reader.send(ReaderCommand::Baseline(baselines)).await.is_err() {
                 return;

@@ -1,0 +1,157 @@
+//! A lean protocol connection: one WebSocket, no background task, no reconnect. It is
+//! what lets one process hold tens of thousands of connections; scenarios that need
+//! reconnects use `switchboard-client` instead.
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::{bail, Context};
+use futures_util::{
+    stream::{SplitSink, SplitStream},
+    SinkExt, StreamExt,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, Message},
+    WebSocketStream,
+};
+
+/// A connected, authenticated WebSocket.
+pub type Socket = WebSocketStream<TcpStream>;
+
+/// Mints HS256 connection tokens for bench users.
+#[derive(Clone)]
+pub struct Tokens {
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl Tokens {
+    /// Tokens signed with `secret` (the gateway's `auth.hmac_secret`).
+    pub fn new(secret: &str) -> Tokens {
+        Tokens { key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()) }
+    }
+
+    /// A one-day token for `user`.
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn mint(&self, user: &str) -> anyhow::Result<String> {
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 86_400;
+        let claims = json!({"sub": user, "exp": exp});
+        Ok(jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)?)
+    }
+}
+
+/// Opens a WebSocket to `url` from `source` (a loopback address, to spread ephemeral
+/// ports over several source IPs), and sends `connect`.
+///
+/// # Errors
+/// Connection, handshake or authentication failure.
+pub async fn open(url: &str, source: Option<IpAddr>, token: &str) -> anyhow::Result<Socket> {
+    let request = url.into_client_request()?;
+    let host = request.uri().host().context("url without host")?.to_string();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let address = tokio::net::lookup_host((host.as_str(), port)).await?.next().context("cannot resolve")?;
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(source) = source {
+        socket.bind((source, 0).into())?;
+    }
+    let stream = socket.connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+    send(&mut socket, 1, "connect", json!({ "token": token })).await?;
+    let reply = reply(&mut socket, 1).await?;
+    if reply.get("error").is_some() {
+        bail!("connect refused: {reply}");
+    }
+    Ok(socket)
+}
+
+/// Sends one command.
+///
+/// # Errors
+/// When the socket is closed.
+pub async fn send<S>(socket: &mut S, id: u64, method: &str, params: Value) -> anyhow::Result<()>
+where
+    S: SinkExt<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let frame = json!({"id": id, "method": method, "params": params});
+    socket.send(Message::Text(frame.to_string().into())).await?;
+    Ok(())
+}
+
+/// Reads frames until the reply to `id`, returning it (other frames are dropped).
+///
+/// # Errors
+/// When the socket closes first or nothing arrives for 30 s.
+pub async fn reply(socket: &mut Socket, id: u64) -> anyhow::Result<Value> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .context("no reply in 30 s")?
+            .context("socket closed")??;
+        if let Message::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text)?;
+            if frame["id"] == id {
+                return Ok(frame);
+            }
+        }
+    }
+}
+
+/// Subscribes and returns the channel's current top offset.
+///
+/// # Errors
+/// When the server refuses.
+pub async fn subscribe(socket: &mut Socket, id: u64, channel: &str) -> anyhow::Result<u64> {
+    send(socket, id, "subscribe", json!({ "channel": channel })).await?;
+    let reply = reply(socket, id).await?;
+    reply["result"]["offset"].as_u64().with_context(|| format!("subscribe refused: {reply}"))
+}
+
+/// The fields of a frame a bench reader needs, decoded without building a JSON tree.
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a> {
+    /// Present on pushes.
+    #[serde(default, borrow)]
+    pub push: Option<&'a str>,
+    /// Present on replies.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Publication channel.
+    #[serde(default, borrow)]
+    pub channel: Option<&'a str>,
+    /// Publication offset.
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// Publication payload.
+    #[serde(default)]
+    pub data: Option<Stamp>,
+}
+
+/// The payload bench publishers send: a send time and padding.
+#[derive(Debug, Deserialize)]
+pub struct Stamp {
+    /// Microseconds since the Unix epoch when the publisher sent it.
+    pub t: u64,
+}
+
+/// Microseconds since the Unix epoch (one clock for every process on the machine).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A bench payload of about `size` bytes stamped with the current time.
+pub fn payload(size: usize) -> Value {
+    json!({"t": now_micros(), "p": "x".repeat(size.saturating_sub(24))})
+}
+
+/// Split halves of a socket.
+pub type Halves = (SplitSink<Socket, Message>, SplitStream<Socket>);
+
+/// The loopback source addresses to connect from: 127.0.0.1 ..= 127.0.0.N.
+pub fn sources(count: u8) -> Vec<IpAddr> {
+    (1..=count.max(1)).map(|n| IpAddr::from([127, 0, 0, n])).collect()
+}

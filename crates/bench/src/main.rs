@@ -1,0 +1,39 @@
+//! `switchboard-bench`: run one scenario and print a table and a final JSON line.
+
+use clap::{Parser, Subcommand};
+use switchboard_bench::{raise_file_limit, scenarios, stats::report};
+
+#[derive(Parser)]
+#[command(name = "switchboard-bench", version, about = "Load generator for Switchboard gateways")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N subscribers in one channel, publishers at a rate: deliveries/s, latency, loss.
+    Fanout(scenarios::fanout::Fanout),
+    /// Personal channels plus groups of 10: a chat or notification workload.
+    Rooms(scenarios::rooms::Rooms),
+    /// Idle connections with one subscription: gateway RSS per connection.
+    Idle(scenarios::idle::Idle),
+    /// New authenticated connections per second.
+    Connect(scenarios::connect::Connect),
+    /// Kill a node under load: recovery time, loss and duplicates.
+    Failover(scenarios::failover::Failover),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    raise_file_limit();
+    let (name, result) = match Cli::parse().scenario {
+        Scenario::Fanout(s) => ("fanout", scenarios::fanout::run(s).await?),
+        Scenario::Rooms(s) => ("rooms", scenarios::rooms::run(s).await?),
+        Scenario::Idle(s) => ("idle", scenarios::idle::run(s).await?),
+        Scenario::Connect(s) => ("connect", scenarios::connect::run(s).await?),
+        Scenario::Failover(s) => ("failover", scenarios::failover::run(s).await?),
+    };
+    report(name, &result);
+    Ok(())
+}

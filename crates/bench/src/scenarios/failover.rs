@@ -1,0 +1,141 @@
+//! `failover`: kill one of K nodes under load (`kill -9` of its pid) and measure how long
+//! each client takes to be back and recovered, and that nothing was lost or duplicated.
+//! Clients use `switchboard-client`, so this also measures the SDK's reconnect path.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+use switchboard_client::{static_token, Backoff, Client, ClientConfig, Event};
+
+use crate::{lean, target::Target};
+
+/// Settings of the failover scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Failover {
+    #[command(flatten)]
+    /// The nodes; the publisher uses the last URL, so kill another node.
+    pub target: Target,
+    /// Subscribers (spread over the nodes).
+    #[arg(long, default_value_t = 300)]
+    pub subscribers: usize,
+    /// Publications per second.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds after the start to kill the node.
+    #[arg(long, default_value_t = 3.0)]
+    pub kill_after: f64,
+    /// Process id of the node to kill.
+    #[arg(long)]
+    pub kill_pid: u32,
+    /// Channel.
+    #[arg(long, default_value = "bench:failover")]
+    pub channel: String,
+}
+
+/// Runs the scenario.
+///
+/// # Errors
+/// When setting up fails.
+pub async fn run(settings: Failover) -> anyhow::Result<Value> {
+    let tokens = settings.target.tokens();
+    let urls = &settings.target.urls;
+    let mut readers = Vec::new();
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel(None::<Instant>);
+    for n in 0..settings.subscribers {
+        let mut rotated: Vec<String> =
+            urls.iter().cycle().skip(n % urls.len()).take(urls.len()).cloned().collect();
+        if rotated.is_empty() {
+            rotated.push(urls[0].clone());
+        }
+        let mut config = ClientConfig::new(rotated[0].clone(), static_token(tokens.mint(&format!("f{n}"))?));
+        config.urls = rotated;
+        config.backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        let (client, _personal) = Client::connect(config);
+        client.wait_connected().await?;
+        let mut subscription = client.subscribe(&settings.channel).await?;
+        let killed = kill_rx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            let mut recovered_after: Option<Duration> = None;
+            let mut not_recovered = 0u64;
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_secs(8), subscription.next()).await
+            {
+                match event {
+                    Event::Publication(publication) => offsets.extend(publication.offset),
+                    Event::Subscribed { recovered: Some(recovered), .. } => {
+                        if !recovered {
+                            not_recovered += 1;
+                        }
+                        if let Some(at) = *killed.borrow() {
+                            recovered_after.get_or_insert(at.elapsed());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            drop(client);
+            (offsets, recovered_after, not_recovered)
+        }));
+    }
+    let publisher_url = urls[urls.len() - 1].clone();
+    let mut socket = lean::open(&publisher_url, None, &tokens.mint("failover-publisher")?).await?;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / settings.rate.max(1) as f64);
+    let mut next = tokio::time::Instant::now();
+    let (mut id, mut last_offset, mut killed) = (1u64, 0u64, false);
+    while started.elapsed().as_secs_f64() < settings.duration {
+        if !killed && started.elapsed().as_secs_f64() >= settings.kill_after {
+            std::process::Command::new("kill").args(["-9", &settings.kill_pid.to_string()]).status()?;
+            kill_tx.send_replace(Some(Instant::now()));
+            killed = true;
+        }
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        id += 1;
+        lean::send(
+            &mut socket,
+            id,
+            "publish",
+            json!({"channel": settings.channel, "data": lean::payload(64)}),
+        )
+        .await?;
+        let reply = lean::reply(&mut socket, id).await?;
+        last_offset = reply["result"]["offset"].as_u64().unwrap_or(last_offset);
+    }
+    let (mut lost, mut duplicates, mut not_recovered, mut times) = (0u64, 0u64, 0u64, Vec::new());
+    for reader in readers {
+        let (offsets, recovered_after, failed) = reader.await?;
+        let mut seen = std::collections::HashSet::new();
+        for offset in &offsets {
+            if !seen.insert(*offset) {
+                duplicates += 1;
+            }
+        }
+        lost += (1..=last_offset).filter(|o| !seen.contains(o)).count() as u64;
+        not_recovered += failed;
+        times.extend(recovered_after);
+    }
+    times.sort();
+    let quantile = |q: f64| {
+        times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).map(|d| d.as_secs_f64())
+    };
+    let within_5s = times.iter().filter(|d| **d <= Duration::from_secs(5)).count();
+    Ok(json!({
+        "nodes": urls.len(),
+        "subscribers": settings.subscribers,
+        "published": last_offset,
+        "reconnected_clients": times.len(),
+        "recovery_p50_s": quantile(0.5),
+        "recovery_p95_s": quantile(0.95),
+        "recovery_max_s": times.last().map(Duration::as_secs_f64),
+        "reconnected_within_5s_fraction": if times.is_empty() { 1.0 } else { within_5s as f64 / times.len() as f64 },
+        "lost": lost,
+        "duplicates": duplicates,
+        "not_recovered": not_recovered,
+    }))
+}

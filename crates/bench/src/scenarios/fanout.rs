@@ -1,0 +1,211 @@
+//! `fanout`: N subscribers of one channel spread over the nodes, publishers at a target
+//! rate (or as fast as they can): deliveries/s, end-to-end latency, loss, duplicates.
+
+use std::{sync::Arc, time::Duration};
+
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    lean::{self, Frame},
+    stats::{total_cpu, Deliveries},
+    target::Target,
+};
+
+/// Settings of the fan-out scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Fanout {
+    #[command(flatten)]
+    /// The nodes.
+    pub target: Target,
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Publications per second over all publishers; 0 publishes as fast as possible.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// How long publishers publish, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Channel (its namespace must allow client publishing).
+    #[arg(long, default_value = "bench:fanout")]
+    pub channel: String,
+    /// Connections opened at once while setting up.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+/// Runs the scenario and returns its JSON result.
+///
+/// # Errors
+/// When setting up connections fails.
+pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
+    let tokens = settings.target.tokens();
+    let gate = Arc::new(Semaphore::new(settings.connect_concurrency.max(1)));
+    let mut setups = Vec::with_capacity(settings.subscribers);
+    for n in 0..settings.subscribers {
+        let (url, source, token) =
+            (settings.target.url(n).to_string(), settings.target.source(n), tokens.mint(&format!("s{n}"))?);
+        let (gate, channel) = (gate.clone(), settings.channel.clone());
+        setups.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut socket = lean::open(&url, source, &token).await?;
+            let top = lean::subscribe(&mut socket, 2, &channel).await?;
+            anyhow::Ok((socket, top))
+        }));
+    }
+    let mut subscribers = Vec::with_capacity(setups.len());
+    for setup in setups {
+        subscribers.push(setup.await??);
+    }
+    // Readers run until told how many publications to expect, then until they have them
+    // (or stall).
+    let (expected_tx, expected_rx) = tokio::sync::watch::channel(None::<u64>);
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|(socket, top)| tokio::spawn(read(socket, top, expected_rx.clone())))
+        .collect();
+
+    let cpu_before = total_cpu(&settings.target.pids);
+    let started = std::time::Instant::now();
+    let publishers: Vec<_> = (0..settings.publishers.max(1))
+        .map(|p| {
+            let settings = settings.clone();
+            let token = tokens.mint(&format!("p{p}"));
+            tokio::spawn(async move { publish(settings, p, token?).await })
+        })
+        .collect();
+    let mut published = 0;
+    let mut last_offset = 0;
+    for publisher in publishers {
+        let (count, top) = publisher.await??;
+        published += count;
+        last_offset = last_offset.max(top);
+    }
+    let publish_seconds = started.elapsed().as_secs_f64();
+    expected_tx.send_replace(Some(last_offset));
+    let mut total = Deliveries::default();
+    for reader in readers {
+        total.merge(&reader.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = total_cpu(&settings.target.pids) - cpu_before;
+    let deliveries_per_second = total.received as f64 / elapsed;
+    Ok(json!({
+        "nodes": settings.target.urls.len(),
+        "subscribers": settings.subscribers,
+        "publishers": settings.publishers,
+        "target_rate": settings.rate,
+        "payload_bytes": settings.payload,
+        "published": published,
+        "publish_seconds": round(publish_seconds),
+        "publications_per_second": round(published as f64 / publish_seconds),
+        "deliveries": total.received,
+        "deliveries_per_second": round(deliveries_per_second),
+        "latency": total.latency_json(),
+        "missing": total.missing,
+        "duplicates": total.duplicates,
+        "out_of_order": total.out_of_order,
+        "gateway_cpu_seconds": round(cpu),
+        "cpu_seconds_per_million_deliveries": if total.received > 0 { round(cpu * 1e6 / total.received as f64) } else { 0.0 },
+    }))
+}
+
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// Publishes for the configured duration; returns how many and the last offset.
+async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Result<(u64, u64)> {
+    let url = settings.target.url(settings.subscribers + index).to_string();
+    let socket = lean::open(&url, settings.target.source(index), &token).await?;
+    let (mut sink, mut stream) = socket.split();
+    // At most this many publishes wait for their reply, so the publisher neither stalls
+    // on round trips nor floods the server's queue.
+    let window = Arc::new(Semaphore::new(64));
+    let replies = {
+        let window = window.clone();
+        tokio::spawn(async move {
+            let mut last_offset = 0;
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Text(text) = message {
+                    if let Ok(frame) = serde_json::from_str::<Value>(&text) {
+                        if frame.get("id").is_some() {
+                            if let Some(error) = frame.get("error") {
+                                anyhow::bail!("publish refused: {error}");
+                            }
+                            last_offset = last_offset.max(frame["result"]["offset"].as_u64().unwrap_or(0));
+                            window.add_permits(1);
+                        }
+                    }
+                }
+            }
+            Ok(last_offset)
+        })
+    };
+    let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
+    let interval = (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
+    let mut next = tokio::time::Instant::now();
+    let mut count = 0u64;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next).await;
+            next += interval;
+        }
+        window.acquire().await?.forget();
+        count += 1;
+        let params = json!({"channel": settings.channel, "data": lean::payload(settings.payload)});
+        lean::send(&mut sink, count + 1, "publish", params).await?;
+    }
+    // Wait for the last replies, then close.
+    let _ = window.acquire_many(64).await?;
+    sink.close().await?;
+    let last_offset = replies.await??;
+    Ok((count, last_offset))
+}
+
+/// Reads publications until `expected` (once known) arrived or nothing came for 5 s.
+async fn read(
+    mut socket: lean::Socket,
+    top: u64,
+    mut expected: tokio::sync::watch::Receiver<Option<u64>>,
+) -> anyhow::Result<Deliveries> {
+    let mut deliveries = Deliveries::default();
+    let mut last = top;
+    loop {
+        if let Some(until) = *expected.borrow() {
+            if last >= until {
+                break;
+            }
+        }
+        let message = tokio::select! {
+            message = tokio::time::timeout(Duration::from_secs(5), socket.next()) => message,
+            _ = expected.changed() => continue,
+        };
+        let message = match message {
+            Ok(Some(Ok(message))) => message,
+            Ok(_) => break,
+            Err(_) if expected.borrow().is_some() => break,
+            Err(_) => continue,
+        };
+        let Message::Text(text) = message else { continue };
+        let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
+        if let (Some("publication"), Some(offset), Some(stamp)) = (frame.push, frame.offset, frame.data) {
+            deliveries.record(&mut last, offset, stamp.t, lean::now_micros());
+        }
+    }
+    if let Some(until) = *expected.borrow() {
+        deliveries.missing += until.saturating_sub(last);
+    }
+    Ok(deliveries)
+}

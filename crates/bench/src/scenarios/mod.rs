@@ -1,0 +1,7 @@
+//! The benchmark scenarios; each returns its result as JSON.
+
+pub mod connect;
+pub mod failover;
+pub mod fanout;
+pub mod idle;
+pub mod rooms;

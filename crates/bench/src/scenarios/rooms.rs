@@ -1,0 +1,227 @@
+//! `rooms`: the shape of a chat or notification workload. Every client is in its personal
+//! channel and in one group channel of 10 members; publishers post to the groups over
+//! WebSocket and to the personal channels through the HTTP API.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{watch, Semaphore},
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    lean::{self, Frame},
+    stats::{total_cpu, Deliveries},
+    target::Target,
+};
+
+/// Settings of the rooms scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Rooms {
+    #[command(flatten)]
+    /// The nodes.
+    pub target: Target,
+    /// Clients (groups of 10).
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Group publications per second.
+    #[arg(long, default_value_t = 200)]
+    pub group_rate: u64,
+    /// Personal publications per second (through the HTTP API).
+    #[arg(long, default_value_t = 50)]
+    pub personal_rate: u64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// `host:port` of a node's HTTP API for personal publications.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// API key.
+    #[arg(long, default_value = "bench-key")]
+    pub api_key: String,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+}
+
+const GROUP: usize = 10;
+
+/// Runs the scenario.
+///
+/// # Errors
+/// When setting up fails.
+pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
+    let tokens = settings.target.tokens();
+    let gate = Arc::new(Semaphore::new(256));
+    let groups = settings.clients.div_ceil(GROUP).max(1);
+    let mut setups = Vec::new();
+    for n in 0..settings.clients {
+        let (url, source, token) =
+            (settings.target.url(n).to_string(), settings.target.source(n), tokens.mint(&format!("r{n}"))?);
+        let gate = gate.clone();
+        setups.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut socket = lean::open(&url, source, &token).await?;
+            let room = format!("bench:room-{}", n / GROUP);
+            let top = lean::subscribe(&mut socket, 2, &room).await?;
+            anyhow::Ok((socket, HashMap::from([(room, top), (format!("user:r{n}"), 0)])))
+        }));
+    }
+    let mut clients = Vec::new();
+    for setup in setups {
+        clients.push(setup.await??);
+    }
+    let (expected_tx, expected_rx) = watch::channel(None::<Arc<HashMap<String, u64>>>);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|(socket, tops)| tokio::spawn(read(socket, tops, expected_rx.clone())))
+        .collect();
+    let cpu_before = total_cpu(&settings.target.pids);
+    let started = std::time::Instant::now();
+    let groups_task = tokio::spawn(publish_groups(settings.clone(), groups, tokens.mint("room-publisher")?));
+    let personal_task = tokio::spawn(publish_personal(settings.clone()));
+    let mut expected = groups_task.await??;
+    expected.extend(personal_task.await??);
+    let published: u64 = expected.values().sum();
+    expected_tx.send_replace(Some(Arc::new(expected)));
+    let mut total = Deliveries::default();
+    for reader in readers {
+        total.merge(&reader.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = total_cpu(&settings.target.pids) - cpu_before;
+    Ok(json!({
+        "clients": settings.clients,
+        "groups": groups,
+        "published": published,
+        "deliveries": total.received,
+        "deliveries_per_second": (total.received as f64 / elapsed).round(),
+        "latency": total.latency_json(),
+        "missing": total.missing,
+        "duplicates": total.duplicates,
+        "out_of_order": total.out_of_order,
+        "gateway_cpu_seconds": (cpu * 1000.0).round() / 1000.0,
+    }))
+}
+
+/// Publishes round-robin into the groups; returns the last offset per group channel.
+async fn publish_groups(
+    settings: Rooms,
+    groups: usize,
+    token: String,
+) -> anyhow::Result<HashMap<String, u64>> {
+    let mut socket = lean::open(settings.target.url(0), settings.target.source(0), &token).await?;
+    let mut last = HashMap::new();
+    if settings.group_rate == 0 {
+        return Ok(last);
+    }
+    let interval = Duration::from_secs_f64(1.0 / settings.group_rate as f64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
+    let mut next = tokio::time::Instant::now();
+    let mut id = 1;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        id += 1;
+        let room = format!("bench:room-{}", id as usize % groups);
+        lean::send(
+            &mut socket,
+            id,
+            "publish",
+            json!({"channel": room, "data": lean::payload(settings.payload)}),
+        )
+        .await?;
+        let reply = lean::reply(&mut socket, id).await?;
+        let offset =
+            reply["result"]["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("publish refused: {reply}"))?;
+        last.insert(room, offset);
+    }
+    Ok(last)
+}
+
+/// Publishes to personal channels through the HTTP API; returns the last offset per
+/// personal channel.
+async fn publish_personal(settings: Rooms) -> anyhow::Result<HashMap<String, u64>> {
+    let mut last = HashMap::new();
+    let Some(api) = settings.api.clone() else { return Ok(last) };
+    if settings.personal_rate == 0 {
+        return Ok(last);
+    }
+    let interval = Duration::from_secs_f64(1.0 / settings.personal_rate as f64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
+    let mut next = tokio::time::Instant::now();
+    let mut n = 0usize;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        let user = format!("r{}", n % settings.clients.max(1));
+        n += 1;
+        let body = json!({"user": user, "event": "notification", "data": lean::payload(settings.payload)})
+            .to_string();
+        let response = post(&api, "/api/v1/users/publish", &settings.api_key, &body).await?;
+        let offset = response["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("API refused: {response}"))?;
+        last.insert(format!("user:{user}"), offset);
+    }
+    Ok(last)
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body; returns the JSON response body.
+async fn post(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok(serde_json::from_str(body)?)
+}
+
+async fn read(
+    mut socket: lean::Socket,
+    mut last: HashMap<String, u64>,
+    mut expected: watch::Receiver<Option<Arc<HashMap<String, u64>>>>,
+) -> anyhow::Result<Deliveries> {
+    let mut deliveries = Deliveries::default();
+    let done = |last: &HashMap<String, u64>, expected: &HashMap<String, u64>| {
+        last.iter().all(|(channel, offset)| expected.get(channel).is_none_or(|until| offset >= until))
+    };
+    loop {
+        if let Some(expected) = expected.borrow().clone() {
+            if done(&last, &expected) {
+                break;
+            }
+        }
+        let message = tokio::select! {
+            message = tokio::time::timeout(Duration::from_secs(5), socket.next()) => message,
+            _ = expected.changed() => continue,
+        };
+        let message = match message {
+            Ok(Some(Ok(message))) => message,
+            Ok(_) => break,
+            Err(_) if expected.borrow().is_some() => break,
+            Err(_) => continue,
+        };
+        let Message::Text(text) = message else { continue };
+        let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
+        if let (Some("publication"), Some(channel), Some(offset), Some(stamp)) =
+            (frame.push, frame.channel, frame.offset, frame.data)
+        {
+            if let Some(position) = last.get_mut(channel) {
+                deliveries.record(position, offset, stamp.t, lean::now_micros());
+            }
+        }
+    }
+    if let Some(expected) = expected.borrow().clone() {
+        for (channel, offset) in &last {
+            deliveries.missing += expected.get(channel).map_or(0, |until| until.saturating_sub(*offset));
+        }
+    }
+    Ok(deliveries)
+}

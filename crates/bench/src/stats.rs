@@ -1,0 +1,101 @@
+//! What a scenario measures, and how it is reported: a human table and one JSON line.
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// Delivery counts and latency of one reader (merged across readers).
+#[derive(Clone)]
+pub struct Deliveries {
+    /// End-to-end latency (publish to receive), microseconds.
+    pub latency: Histogram<u64>,
+    /// Publications received.
+    pub received: u64,
+    /// Offsets never received.
+    pub missing: u64,
+    /// Offsets received more than once.
+    pub duplicates: u64,
+    /// Offsets received after a later one.
+    pub out_of_order: u64,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Deliveries {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| unreachable!("valid bounds")),
+            received: 0,
+            missing: 0,
+            duplicates: 0,
+            out_of_order: 0,
+        }
+    }
+}
+
+impl Deliveries {
+    /// Records one publication's offset against the last one seen in its channel.
+    pub fn record(&mut self, last: &mut u64, offset: u64, sent_micros: u64, now_micros: u64) {
+        self.received += 1;
+        // Saturating: clocks are one machine's, but never panic on a skew.
+        let _ = self.latency.record(now_micros.saturating_sub(sent_micros).max(1));
+        if offset == *last + 1 {
+            *last = offset;
+        } else if offset <= *last {
+            self.duplicates += 1;
+        } else {
+            self.out_of_order += 1;
+            self.missing += offset - *last - 1;
+            *last = offset;
+        }
+    }
+
+    /// Adds another reader's counts.
+    pub fn merge(&mut self, other: &Deliveries) {
+        let _ = self.latency.add(&other.latency);
+        self.received += other.received;
+        self.missing += other.missing;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+    }
+
+    /// Latency percentiles in milliseconds.
+    pub fn latency_json(&self) -> Value {
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        json!({"p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": self.latency.max() as f64 / 1000.0})
+    }
+}
+
+/// CPU seconds (user + system) used so far by process `pid`, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident memory of process `pid` in bytes, from `/proc/<pid>/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Total CPU seconds of `pids`.
+pub fn total_cpu(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum()
+}
+
+/// Prints a two-column table and the final JSON line.
+pub fn report(scenario: &str, result: &Value) {
+    println!("scenario: {scenario}");
+    if let Some(object) = result.as_object() {
+        for (key, value) in object {
+            println!("  {key:<28} {value}");
+        }
+    }
+    let mut line = result.clone();
+    line["scenario"] = Value::String(scenario.into());
+    println!("{line}");
+}

@@ -1,0 +1,131 @@
+//! Every benchmark scenario at a tiny size against real gateway processes, so the load
+//! generator cannot rot. Figures come from docs/BENCHMARKS.md runs, not from here.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod fixture;
+
+use std::path::Path;
+
+use fixture::cluster::{BIN, SERIAL};
+use switchboard_bench::{scenarios, target::Target};
+use switchboard_testkit::{Gateway, Persistence, RedisServer};
+
+const BENCH_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/bench.toml");
+
+fn node(redis: Option<&RedisServer>) -> Gateway {
+    let mut args = vec!["--config", BENCH_CONFIG];
+    let url = redis.map(RedisServer::url);
+    if let Some(url) = &url {
+        args.extend(["--broker", url.as_str()]);
+    }
+    Gateway::start(Path::new(BIN), &args, &[])
+}
+
+fn target(nodes: &[Gateway]) -> Target {
+    Target {
+        urls: nodes.iter().map(Gateway::ws_url).collect(),
+        secret: "bench-secret".into(),
+        sources: 2,
+        pids: nodes.iter().filter_map(Gateway::pid).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_rooms_idle_and_connect_run_on_one_node() {
+    let _serial = SERIAL.lock().await;
+    let nodes = vec![node(None)];
+    let fanout = scenarios::fanout::run(scenarios::fanout::Fanout {
+        target: target(&nodes),
+        subscribers: 20,
+        publishers: 2,
+        rate: 200,
+        duration: 0.5,
+        payload: 100,
+        channel: "bench:smoke".into(),
+        connect_concurrency: 8,
+    })
+    .await
+    .unwrap();
+    assert!(fanout["published"].as_u64().unwrap() > 0, "{fanout}");
+    assert_eq!(fanout["deliveries"].as_u64(), fanout["published"].as_u64().map(|p| p * 20), "{fanout}");
+    assert_eq!((fanout["missing"].as_u64(), fanout["duplicates"].as_u64()), (Some(0), Some(0)));
+    assert!(fanout["latency"]["p99_ms"].as_f64().is_some());
+
+    let rooms = scenarios::rooms::run(scenarios::rooms::Rooms {
+        target: target(&nodes),
+        clients: 30,
+        group_rate: 50,
+        personal_rate: 20,
+        duration: 0.5,
+        api: Some(nodes[0].addr().to_string()),
+        api_key: "bench-key".into(),
+        payload: 64,
+    })
+    .await
+    .unwrap();
+    assert!(rooms["deliveries"].as_u64().unwrap() > 0, "{rooms}");
+    assert_eq!((rooms["missing"].as_u64(), rooms["duplicates"].as_u64()), (Some(0), Some(0)), "{rooms}");
+
+    let idle = scenarios::idle::run(scenarios::idle::Idle {
+        target: target(&nodes),
+        connections: 200,
+        channels: 10,
+        hold: 0.2,
+        connect_concurrency: 32,
+    })
+    .await
+    .unwrap();
+    assert!(idle["gateway_rss_after_bytes"].as_u64().unwrap() > 0, "{idle}");
+
+    let connect = scenarios::connect::run(scenarios::connect::Connect {
+        target: target(&nodes),
+        connections: 200,
+        concurrency: 16,
+    })
+    .await
+    .unwrap();
+    assert_eq!(connect["succeeded"], 200, "{connect}");
+    assert!(connect["connections_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_and_failover_run_on_a_redis_cluster() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let mut nodes = vec![node(Some(&redis)), node(Some(&redis)), node(Some(&redis))];
+    let fanout = scenarios::fanout::run(scenarios::fanout::Fanout {
+        target: target(&nodes),
+        subscribers: 30,
+        publishers: 1,
+        rate: 100,
+        duration: 0.5,
+        payload: 100,
+        channel: "bench:cluster".into(),
+        connect_concurrency: 8,
+    })
+    .await
+    .unwrap();
+    assert_eq!((fanout["missing"].as_u64(), fanout["duplicates"].as_u64()), (Some(0), Some(0)), "{fanout}");
+
+    let victim = nodes[0].pid().unwrap();
+    let failover = scenarios::failover::run(scenarios::failover::Failover {
+        target: target(&nodes),
+        subscribers: 12,
+        rate: 50,
+        duration: 2.5,
+        kill_after: 0.8,
+        kill_pid: victim,
+        channel: "bench:failover".into(),
+    })
+    .await
+    .unwrap();
+    nodes[0].kill9();
+    assert_eq!(
+        (failover["lost"].as_u64(), failover["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "{failover}"
+    );
+    assert_eq!(failover["reconnected_clients"], 4, "{failover}");
+    assert_eq!(failover["not_recovered"], 0, "{failover}");
+}
