@@ -244,7 +244,9 @@ pub struct LimitsConfig {
     pub max_channel_length: usize,
     /// Most publications one `history` call returns. Default 1000.
     pub max_history_limit: u32,
-    /// Per-connection WebSocket read buffer, in bytes (memory per connection). Default 4096.
+    /// Per-connection WebSocket read buffer, in bytes; allocated for every connection, so
+    /// it dominates idle memory. Larger frames still arrive (the buffer grows while
+    /// reading them). Default 1024.
     pub read_buffer_bytes: usize,
     /// Per-connection WebSocket write buffer, in bytes; writes are coalesced up to this
     /// size before a flush. Default 16384.
@@ -267,7 +269,7 @@ impl Default for LimitsConfig {
             allowed_origins: vec!["*".into()],
             max_channel_length: 255,
             max_history_limit: 1000,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 16_384,
         }
     }

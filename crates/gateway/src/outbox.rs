@@ -1,7 +1,7 @@
 //! The bounded outbound queue of one connection, and how a connection is told to close.
 //!
 //! Every frame for a client (replies, pushes, publications) goes through its [`Outbox`].
-//! The queue is bounded twice: by frames (the channel capacity) and by bytes (a semaphore
+//! The queue is bounded twice: by frames (its length) and by bytes (a semaphore
 //! of byte permits that the writer gives back once a frame is written).
 //!
 //! Two ways in, with explicit policies:
@@ -14,13 +14,14 @@
 //!   reads instead of being refused.
 
 use std::{
+    collections::VecDeque,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::extract::ws::Message;
 use switchboard_protocol::Code;
-use tokio::sync::{mpsc, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 /// One frame waiting to be written.
@@ -63,39 +64,60 @@ pub enum SessionCommand {
 /// How many session commands may wait for one connection before it is closed.
 pub const SESSION_COMMAND_CAPACITY: usize = 16;
 
-/// Close signalling shared by a connection's reader, writer and every outbox handle.
+/// Close signalling and the session command queue, shared by a connection's reader,
+/// writer and every outbox handle. Queues are plain `VecDeque`s that allocate only while
+/// something waits in them, so an idle connection pays nothing for them.
 #[derive(Debug, Default)]
 pub struct ConnControl {
     cancel: CancellationToken,
     request: Mutex<Option<CloseRequest>>,
-    commands: Option<mpsc::Sender<SessionCommand>>,
+    commands: Mutex<VecDeque<SessionCommand>>,
+    command_ready: Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ConnControl {
-    /// Control with a session command queue; the session reads the receiver.
-    pub fn with_commands() -> (ConnControl, mpsc::Receiver<SessionCommand>) {
-        let (tx, rx) = mpsc::channel(SESSION_COMMAND_CAPACITY);
-        (ConnControl { commands: Some(tx), ..ConnControl::default() }, rx)
-    }
-
     /// Hands a command to the session without waiting. A session that lets commands
     /// pile up is not reading its own queue: it is closed (3006, reconnect) rather than
     /// left in a state the operator did not ask for.
     pub fn command(&self, command: SessionCommand) {
-        let Some(commands) = &self.commands else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = commands.try_send(command) {
+        let overflow = {
+            let mut commands = lock(&self.commands);
+            if commands.len() >= SESSION_COMMAND_CAPACITY {
+                true
+            } else {
+                commands.push_back(command);
+                false
+            }
+        };
+        if overflow {
             self.close(CloseRequest {
                 code: Code::ServerError,
                 reason: "session command queue overflow".into(),
                 reconnect_after_ms: None,
                 flush_queue: false,
             });
+        } else {
+            self.command_ready.notify_one();
+        }
+    }
+
+    /// The next session command, waiting for one.
+    pub async fn next_command(&self) -> SessionCommand {
+        loop {
+            if let Some(command) = lock(&self.commands).pop_front() {
+                return command;
+            }
+            self.command_ready.notified().await;
         }
     }
 
     /// Asks the connection to close. The first request wins; later ones are ignored.
     pub fn close(&self, request: CloseRequest) {
-        let mut slot = self.request.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = lock(&self.request);
         if slot.is_none() {
             *slot = Some(request);
             self.cancel.cancel();
@@ -119,37 +141,54 @@ impl ConnControl {
 
     /// The close request, once one was made.
     pub fn request(&self) -> Option<CloseRequest> {
-        self.request.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        lock(&self.request).clone()
     }
 }
 
 /// A cheap, cloneable handle that queues frames for one connection.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
 struct Shared {
+    queue: Mutex<VecDeque<Outgoing>>,
+    /// Woken when frames were queued (the writer waits on it).
+    ready: Notify,
+    /// Woken when the writer took frames (waiting pushes wait on it).
+    room: Notify,
     budget: Semaphore,
     max_bytes: usize,
+    max_frames: usize,
     control: Arc<ConnControl>,
 }
 
 /// The receiving half, owned by the connection's writer.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Outgoing>,
     shared: Arc<Shared>,
 }
 
 /// Creates a connection's outbox bounded by `max_frames` frames and `max_bytes` bytes.
 pub fn outbox(max_frames: usize, max_bytes: usize, control: Arc<ConnControl>) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(max_frames);
     let max_bytes = max_bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
-    let shared = Arc::new(Shared { budget: Semaphore::new(max_bytes), max_bytes, control });
-    (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        ready: Notify::new(),
+        room: Notify::new(),
+        budget: Semaphore::new(max_bytes),
+        max_bytes,
+        max_frames: max_frames.max(1),
+        control,
+    });
+    (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    Full,
+    Closing,
 }
 
 impl Outbox {
@@ -157,9 +196,6 @@ impl Outbox {
     /// queue is full (the connection is then closed as a slow consumer) or the connection
     /// is already closing.
     pub fn push(&self, message: Message, received_at: Option<Instant>) -> bool {
-        if self.shared.control.is_closing() {
-            return false;
-        }
         let cost = self.cost(&message);
         match self.shared.budget.try_acquire_many(cost as u32) {
             Ok(permits) => permits.forget(),
@@ -169,11 +205,11 @@ impl Outbox {
             }
             Err(TryAcquireError::Closed) => return false,
         }
-        match self.tx.try_send(Outgoing { message, size: cost, received_at }) {
+        match self.enqueue(Outgoing { message, size: cost, received_at }) {
             Ok(()) => true,
-            Err(error) => {
-                self.shared.budget.add_permits(cost);
-                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+            Err((refused, outgoing)) => {
+                self.shared.budget.add_permits(outgoing.size);
+                if matches!(refused, Refused::Full) {
                     self.close_as_slow_consumer();
                 }
                 false
@@ -189,11 +225,22 @@ impl Outbox {
         let queued = async {
             let permits = self.shared.budget.acquire_many(cost as u32).await.ok()?;
             permits.forget();
-            if self.tx.send(Outgoing { message, size: cost, received_at: None }).await.is_err() {
-                self.shared.budget.add_permits(cost);
-                return None;
+            let mut outgoing = Outgoing { message, size: cost, received_at: None };
+            loop {
+                let room = self.shared.room.notified();
+                match self.enqueue(outgoing) {
+                    Ok(()) => return Some(()),
+                    Err((Refused::Closing, rejected)) => {
+                        self.shared.budget.add_permits(rejected.size);
+                        return None;
+                    }
+                    Err((Refused::Full, rejected)) => {
+                        // Keep the byte permits and wait until the writer takes frames.
+                        outgoing = rejected;
+                        room.await;
+                    }
+                }
             }
-            Some(())
         };
         tokio::select! {
             biased;
@@ -206,6 +253,23 @@ impl Outbox {
                 }
             },
         }
+    }
+
+    /// Appends a frame unless the connection is closing or the frame bound is reached;
+    /// a refused frame is handed back.
+    fn enqueue(&self, outgoing: Outgoing) -> Result<(), (Refused, Outgoing)> {
+        if self.shared.control.is_closing() {
+            return Err((Refused::Closing, outgoing));
+        }
+        {
+            let mut queue = lock(&self.shared.queue);
+            if queue.len() >= self.shared.max_frames {
+                return Err((Refused::Full, outgoing));
+            }
+            queue.push_back(outgoing);
+        }
+        self.shared.ready.notify_one();
+        Ok(())
     }
 
     /// The connection's close signalling.
@@ -231,14 +295,42 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// Receives up to `limit` queued frames into `buf`; returns 0 when every sender is gone.
+    /// Waits for queued frames and moves up to `limit` of them into `buf`.
     pub async fn recv_many(&mut self, buf: &mut Vec<Outgoing>, limit: usize) -> usize {
-        self.rx.recv_many(buf, limit).await
+        loop {
+            let ready = self.shared.ready.notified();
+            let taken = self.take(buf, limit);
+            if taken > 0 {
+                return taken;
+            }
+            ready.await;
+        }
     }
 
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        self.rx.try_recv().ok()
+        let outgoing = lock(&self.shared.queue).pop_front();
+        if outgoing.is_some() {
+            self.shared.room.notify_waiters();
+        }
+        outgoing
+    }
+
+    fn take(&self, buf: &mut Vec<Outgoing>, limit: usize) -> usize {
+        let taken = {
+            let mut queue = lock(&self.shared.queue);
+            let count = queue.len().min(limit);
+            buf.extend(queue.drain(..count));
+            if queue.is_empty() {
+                // An idle connection keeps no queue memory.
+                *queue = VecDeque::new();
+            }
+            count
+        };
+        if taken > 0 {
+            self.shared.room.notify_waiters();
+        }
+        taken
     }
 
     /// Gives back the byte permits of frames that were written (or dropped).

@@ -44,12 +44,12 @@ pub(crate) async fn run(
 ) {
     let conn = node.next_conn_id();
     let client_id = format!("{}-{conn}", node.id);
-    let span = tracing::info_span!("conn", conn = %client_id, %remote, encoding = encoding.name(), user = tracing::field::Empty);
+    // A debug span: at info level every connection would carry ~0.7 KiB of span data.
+    let span = tracing::debug_span!("conn", conn = %client_id, %remote, encoding = encoding.name(), user = tracing::field::Empty);
     async move {
         let metrics = node.metrics.clone();
         metrics.connections_total.inc();
-        let (control, commands) = ConnControl::with_commands();
-        let control = Arc::new(control);
+        let control = Arc::new(ConnControl::default());
         let limits = &node.config.limits;
         let (outbox, rx) = outbox(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone());
         let (sink, stream) = socket.split();
@@ -59,8 +59,10 @@ pub(crate) async fn run(
             metrics.connections.inc();
             let mut session =
                 Session::new(node.clone(), conn, client_id, encoding, outbox, control.clone(), bearer);
-            session.read_loop(stream, commands).await;
-            session.cleanup().await;
+            session.read_loop(stream).await;
+            // Boxed, like every command below: an idle connection's task then holds only the
+            // read loop's small state, not the largest command's (see docs/BENCHMARKS.md).
+            Box::pin(session.cleanup()).await;
             metrics.connections.dec();
             node.remove_connection();
         } else {
@@ -148,11 +150,7 @@ impl Session {
         }
     }
 
-    async fn read_loop(
-        &mut self,
-        mut stream: futures_util::stream::SplitStream<WebSocket>,
-        mut commands: tokio::sync::mpsc::Receiver<SessionCommand>,
-    ) {
+    async fn read_loop(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) {
         let node = self.node.clone();
         let control = self.control.clone();
         loop {
@@ -169,7 +167,7 @@ impl Session {
                     Some(Err(error)) => self.on_read_error(&error),
                 },
                 () = tokio::time::sleep_until(deadline) => self.on_timer(),
-                Some(command) = commands.recv() => self.on_command(command).await,
+                command = control.next_command() => Box::pin(self.on_command(command)).await,
             }
         }
         // If the client went away first, stop the writer too.
@@ -239,7 +237,7 @@ impl Session {
                     let error = CommandError::refused(Code::TooManyRequests, "command rate limit exceeded");
                     return self.reply_error(id, &error);
                 }
-                self.handle(command).await;
+                Box::pin(self.handle(command)).await;
             }
             Err(error) => match error.id {
                 Some(id) => self.reply_error(id, &CommandError::refused(error.code, error.message)),
