@@ -166,13 +166,18 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `binary` on a free loopback port with `args` and `env`, and waits until
     /// `/readyz` answers 200.
+    pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_at(binary, "127.0.0.1:0", args, env)
+    }
+
+    /// Like [`Gateway::start`], listening on `listen` (to restart a node at its address).
     ///
     /// # Panics
     /// When the process does not start or become ready in time.
     #[allow(clippy::expect_used)]
-    pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+    pub fn start_at(binary: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", listen, "--log-format", "json"])
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -266,6 +271,62 @@ impl Gateway {
                 child.wait().is_ok_and(|status| status.success())
             }
             None => false,
+        }
+    }
+}
+
+/// An `haproxy` process running the repository's `deploy/haproxy.cfg`.
+pub struct Haproxy {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Haproxy {
+    /// Starts haproxy with `config`, listening on a free port and balancing over the three
+    /// `gateways`, and waits until it forwards `/readyz` to a ready node.
+    ///
+    /// # Panics
+    /// When haproxy is missing or does not become ready in time.
+    #[allow(clippy::expect_used)]
+    pub fn start(config: &Path, gateways: [SocketAddr; 3]) -> Haproxy {
+        let port = free_port();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(config)
+            .env("SB_LB_BIND", format!("127.0.0.1:{port}"))
+            .env("SB_GATEWAY1", gateways[0].to_string())
+            .env("SB_GATEWAY2", gateways[1].to_string())
+            .env("SB_GATEWAY3", gateways[2].to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy is installed (scripts/test installs it)");
+        let proxy = Haproxy { child: Some(child), port };
+        let deadline = Instant::now() + STARTUP;
+        while http_get(proxy.addr(), "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "haproxy did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        proxy
+    }
+
+    /// The public address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `ws://<addr>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr())
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
