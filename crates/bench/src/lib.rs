@@ -3,6 +3,7 @@
 //! count and time, and targets the node URLs it is given (loopback in our setups).
 
 pub mod lean;
+pub mod reader;
 pub mod scenarios;
 pub mod stats;
 pub mod target;

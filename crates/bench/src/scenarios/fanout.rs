@@ -1,7 +1,7 @@
 //! `fanout`: N subscribers of one channel spread over the nodes, publishers at a target
 //! rate (or as fast as they can): deliveries/s, end-to-end latency, loss, duplicates.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    lean::{self, Frame},
+    lean, reader,
     stats::{total_cpu, Deliveries},
     target::Target,
 };
@@ -69,10 +69,13 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     }
     // Readers run until told how many publications to expect, then until they have them
     // (or stall).
-    let (expected_tx, expected_rx) = tokio::sync::watch::channel(None::<u64>);
+    let (expected_tx, expected_rx) = tokio::sync::watch::channel(None);
     let readers: Vec<_> = subscribers
         .into_iter()
-        .map(|(socket, top)| tokio::spawn(read(socket, top, expected_rx.clone())))
+        .map(|(socket, top)| {
+            let start = HashMap::from([(settings.channel.clone(), top)]);
+            tokio::spawn(reader::read(socket, start, expected_rx.clone()))
+        })
         .collect();
 
     let cpu_before = total_cpu(&settings.target.pids);
@@ -92,7 +95,7 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         last_offset = last_offset.max(top);
     }
     let publish_seconds = started.elapsed().as_secs_f64();
-    expected_tx.send_replace(Some(last_offset));
+    expected_tx.send_replace(Some(Arc::new(HashMap::from([(settings.channel.clone(), last_offset)]))));
     let mut total = Deliveries::default();
     for reader in readers {
         total.merge(&reader.await??);
@@ -172,40 +175,4 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
     sink.close().await?;
     let last_offset = replies.await??;
     Ok((count, last_offset))
-}
-
-/// Reads publications until `expected` (once known) arrived or nothing came for 5 s.
-async fn read(
-    mut socket: lean::Socket,
-    top: u64,
-    mut expected: tokio::sync::watch::Receiver<Option<u64>>,
-) -> anyhow::Result<Deliveries> {
-    let mut deliveries = Deliveries::default();
-    let mut last = top;
-    loop {
-        if let Some(until) = *expected.borrow() {
-            if last >= until {
-                break;
-            }
-        }
-        let message = tokio::select! {
-            message = tokio::time::timeout(Duration::from_secs(5), socket.next()) => message,
-            _ = expected.changed() => continue,
-        };
-        let message = match message {
-            Ok(Some(Ok(message))) => message,
-            Ok(_) => break,
-            Err(_) if expected.borrow().is_some() => break,
-            Err(_) => continue,
-        };
-        let Message::Text(text) = message else { continue };
-        let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
-        if let (Some("publication"), Some(offset), Some(stamp)) = (frame.push, frame.offset, frame.data) {
-            deliveries.record(&mut last, offset, stamp.t, lean::now_micros());
-        }
-    }
-    if let Some(until) = *expected.borrow() {
-        deliveries.missing += until.saturating_sub(last);
-    }
-    Ok(deliveries)
 }

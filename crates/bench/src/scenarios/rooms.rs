@@ -5,16 +5,14 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use clap::Args;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::{watch, Semaphore},
 };
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    lean::{self, Frame},
+    lean, reader,
     stats::{total_cpu, Deliveries},
     target::Target,
 };
@@ -78,7 +76,7 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     let (expected_tx, expected_rx) = watch::channel(None::<Arc<HashMap<String, u64>>>);
     let readers: Vec<_> = clients
         .into_iter()
-        .map(|(socket, tops)| tokio::spawn(read(socket, tops, expected_rx.clone())))
+        .map(|(socket, tops)| tokio::spawn(reader::read(socket, tops, expected_rx.clone())))
         .collect();
     let cpu_before = total_cpu(&settings.target.pids);
     let started = std::time::Instant::now();
@@ -181,47 +179,4 @@ async fn post(address: &str, path: &str, key: &str, body: &str) -> anyhow::Resul
     stream.read_to_string(&mut response).await?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
     Ok(serde_json::from_str(body)?)
-}
-
-async fn read(
-    mut socket: lean::Socket,
-    mut last: HashMap<String, u64>,
-    mut expected: watch::Receiver<Option<Arc<HashMap<String, u64>>>>,
-) -> anyhow::Result<Deliveries> {
-    let mut deliveries = Deliveries::default();
-    let done = |last: &HashMap<String, u64>, expected: &HashMap<String, u64>| {
-        last.iter().all(|(channel, offset)| expected.get(channel).is_none_or(|until| offset >= until))
-    };
-    loop {
-        if let Some(expected) = expected.borrow().clone() {
-            if done(&last, &expected) {
-                break;
-            }
-        }
-        let message = tokio::select! {
-            message = tokio::time::timeout(Duration::from_secs(5), socket.next()) => message,
-            _ = expected.changed() => continue,
-        };
-        let message = match message {
-            Ok(Some(Ok(message))) => message,
-            Ok(_) => break,
-            Err(_) if expected.borrow().is_some() => break,
-            Err(_) => continue,
-        };
-        let Message::Text(text) = message else { continue };
-        let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
-        if let (Some("publication"), Some(channel), Some(offset), Some(stamp)) =
-            (frame.push, frame.channel, frame.offset, frame.data)
-        {
-            if let Some(position) = last.get_mut(channel) {
-                deliveries.record(position, offset, stamp.t, lean::now_micros());
-            }
-        }
-    }
-    if let Some(expected) = expected.borrow().clone() {
-        for (channel, offset) in &last {
-            deliveries.missing += expected.get(channel).map_or(0, |until| until.saturating_sub(*offset));
-        }
-    }
-    Ok(deliveries)
 }
