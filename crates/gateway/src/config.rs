@@ -412,8 +412,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment =
-            figment.merge(Env::prefixed("SWITCHBOARD_").split("__")).merge(Serialized::defaults(overrides));
+        figment = figment
+            // Only SWITCHBOARD_<SECTION>__<KEY>: other SWITCHBOARD_* variables (SWITCHBOARD_CONFIG_FILE,
+            // Kubernetes service links such as SWITCHBOARD_SERVICE_HOST) are not configuration keys.
+            .merge(Env::prefixed("SWITCHBOARD_").filter(|key| key.as_str().contains("__")).split("__"))
+            .merge(Serialized::defaults(overrides));
         let mut config: Config = figment.extract().map_err(Box::new)?;
         config.normalize()?;
         Ok(config)

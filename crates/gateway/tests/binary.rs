@@ -59,6 +59,25 @@ fn config_command_prints_effective_toml() {
 }
 
 #[test]
+fn config_file_from_env_and_unrelated_variables() {
+    let dir = std::env::temp_dir().join(format!("sb-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "[limits]\nmax_connections = 55\n").unwrap();
+    let output = Command::new(BIN)
+        .arg("config")
+        .env("SWITCHBOARD_CONFIG_FILE", &file)
+        // What Kubernetes injects for a Service named `switchboard`: not configuration.
+        .env("SWITCHBOARD_SERVICE_HOST", "10.0.0.1")
+        .env("SWITCHBOARD_PORT", "tcp://10.0.0.1:80")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let config: toml::Value = toml::from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    assert_eq!(config["limits"]["max_connections"].as_integer(), Some(55));
+}
+
+#[test]
 fn bad_config_is_a_clear_error() {
     let output = Command::new(BIN)
         .args(["config"])
