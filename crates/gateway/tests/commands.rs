@@ -110,24 +110,7 @@ async fn json_and_msgpack_subscribers_receive_the_same_publication() {
     let refused = publisher.err("publish", json!({"channel": "news", "data": 1})).await;
     assert_eq!(refused.code, Code::PermissionDenied);
     // ...so publish through the broker, as a backend would.
-    let data = serde_json::value::to_raw_value(&json!({"votes": 42, "quorum": 0.61})).unwrap();
-    let stream = server.node.rules.resolve("news").unwrap().stream;
-    server
-        .node
-        .broker
-        .publish(
-            "news",
-            switchboard_gateway::broker::NewPublication {
-                event: Some("tally".into()),
-                data,
-                from: None,
-                ephemeral: false,
-                idempotency_key: None,
-            },
-            stream,
-        )
-        .await
-        .unwrap();
+    server.backend_publish("news", "tally", json!({"votes": 42, "quorum": 0.61})).await;
     let a = json_client.publication().await;
     let b = msgpack_client.publication().await;
     assert_eq!(a, b);
@@ -143,24 +126,9 @@ async fn personal_channel_reaches_every_device_of_one_user_only() {
     let mut other = server.connect("u7", Encoding::Json).await;
     let denied = other.err("subscribe", json!({"channel": "user:u42"})).await;
     assert_eq!(denied.code, Code::PermissionDenied);
-    let stream = server.node.rules.resolve("user:u42").unwrap().stream;
-    let data = serde_json::value::to_raw_value(&json!({"priority": "high", "text": "KYC approved"})).unwrap();
     server
-        .node
-        .broker
-        .publish(
-            "user:u42",
-            switchboard_gateway::broker::NewPublication {
-                event: Some("notification".into()),
-                data,
-                from: None,
-                ephemeral: false,
-                idempotency_key: None,
-            },
-            stream,
-        )
-        .await
-        .unwrap();
+        .backend_publish("user:u42", "notification", json!({"priority": "high", "text": "KYC approved"}))
+        .await;
     assert_eq!(phone.publication().await.data["text"], "KYC approved");
     assert_eq!(laptop.publication().await.data["text"], "KYC approved");
     other.silent_for(std::time::Duration::from_millis(200)).await;

@@ -123,20 +123,12 @@ async fn not_recovered_when_trimmed_or_epoch_changed() {
 async fn personal_channel_recovers_at_connect() {
     let server = TestServer::start(config()).await;
     let mut device = server.connect("u9", Encoding::Json).await;
-    let stream = server.node.rules.resolve("user:u9").unwrap().stream;
-    let notify = |n: u64| switchboard_gateway::broker::NewPublication {
-        event: Some("notification".into()),
-        data: serde_json::value::to_raw_value(&json!({"n": n})).unwrap(),
-        from: None,
-        ephemeral: false,
-        idempotency_key: None,
-    };
-    server.node.broker.publish("user:u9", notify(1), stream).await.unwrap();
+    server.backend_publish("user:u9", "notification", json!({"n": 1})).await;
     let first = device.publication().await;
     let epoch = first.epoch.clone().unwrap();
     drop(device);
     for n in 2..=4 {
-        server.node.broker.publish("user:u9", notify(n), stream).await.unwrap();
+        server.backend_publish("user:u9", "notification", json!({"n": n})).await;
     }
     let mut device = server.open(Encoding::Json).await;
     let connected = device
