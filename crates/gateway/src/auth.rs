@@ -126,6 +126,20 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// The configured HS256 secret: `hmac_secret`, or the contents of `hmac_secret_file`.
+///
+/// # Errors
+/// [`AuthError::Config`] when the file cannot be read.
+pub fn hmac_secret(config: &AuthConfig) -> Result<Option<String>, AuthError> {
+    match (&config.hmac_secret, &config.hmac_secret_file) {
+        (Some(secret), _) => Ok(Some(secret.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| AuthError::Config(format!("cannot read {path}: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Parses an algorithm name accepted by Switchboard.
 ///
 /// # Errors
@@ -150,9 +164,10 @@ impl Verifier {
     pub fn from_config(config: &AuthConfig) -> Result<Verifier, AuthError> {
         let algorithm = parse_algorithm(&config.algorithm)?;
         let key = if algorithm == Algorithm::HS256 {
-            let secret = config.hmac_secret.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
+            let secret = hmac_secret(config)?.filter(|s| !s.is_empty()).ok_or_else(|| {
                 AuthError::Config(
-                    "HS256 needs auth.hmac_secret (or SWITCHBOARD_AUTH__HMAC_SECRET, or --dev)".into(),
+                    "HS256 needs auth.hmac_secret or auth.hmac_secret_file (or SWITCHBOARD_AUTH__HMAC_SECRET, or --dev)"
+                        .into(),
                 )
             })?;
             DecodingKey::from_secret(secret.as_bytes())
@@ -280,6 +295,20 @@ mod tests {
         assert!(verifier.verify_connection(none).is_err());
         let no_sub = mint("HS256", b"secret", &Claims::default()).expect("mint");
         assert!(matches!(verifier.verify_connection(&no_sub), Err(AuthError::Claim(_))));
+    }
+
+    #[test]
+    fn secret_can_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("sb-secret-{}", std::process::id()));
+        std::fs::write(&path, "12345\n").expect("write");
+        let config =
+            AuthConfig { hmac_secret_file: Some(path.display().to_string()), ..AuthConfig::default() };
+        let verifier = Verifier::from_config(&config).expect("verifier");
+        let token = mint("HS256", b"12345", &claims("u1", 60)).expect("mint");
+        assert!(verifier.verify_connection(&token).is_ok());
+        let missing =
+            AuthConfig { hmac_secret_file: Some("/nonexistent/secret".into()), ..AuthConfig::default() };
+        assert!(matches!(Verifier::from_config(&missing), Err(AuthError::Config(_))));
     }
 
     #[test]

@@ -143,8 +143,13 @@ pub struct AuthConfig {
     /// The one accepted signing algorithm: `HS256`, `RS256`, `ES256` or `EdDSA`. Tokens whose
     /// header names another algorithm are refused. Default `HS256`.
     pub algorithm: String,
-    /// Shared secret for `HS256`. Default: none (required for `HS256`).
+    /// Shared secret for `HS256`. Default: none (required for `HS256`, unless
+    /// `hmac_secret_file` is set). Environment values are parsed (digits become a number),
+    /// so prefer `hmac_secret_file` for secrets that are not plain text.
     pub hmac_secret: Option<String>,
+    /// Path of a file holding the `HS256` secret (one trailing newline is ignored), used
+    /// when `hmac_secret` is not set; suits Kubernetes and Docker secrets. Default: none.
+    pub hmac_secret_file: Option<String>,
     /// PEM public key for `RS256`, `ES256` or `EdDSA`, inline. Default: none.
     pub public_key_pem: Option<String>,
     /// Path of a PEM public key file, used when `public_key_pem` is not set. Default: none.
@@ -172,6 +177,7 @@ impl Default for AuthConfig {
         AuthConfig {
             algorithm: "HS256".into(),
             hmac_secret: None,
+            hmac_secret_file: None,
             public_key_pem: None,
             public_key_file: None,
             issuer: None,

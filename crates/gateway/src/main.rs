@@ -85,7 +85,7 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
         overrides["log"] = serde_json::json!({ "format": format });
     }
     let mut config = Config::load(common.config.as_deref(), overrides)?;
-    if common.dev && config.auth.hmac_secret.is_none() {
+    if common.dev && config.auth.hmac_secret.is_none() && config.auth.hmac_secret_file.is_none() {
         config.auth.hmac_secret = Some(DEV_SECRET.into());
     }
     Ok(config)
@@ -116,11 +116,8 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
     };
     let key = match &args.private_key_file {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-        None => config
-            .auth
-            .hmac_secret
-            .clone()
-            .context("no auth.hmac_secret configured (set SWITCHBOARD_AUTH__HMAC_SECRET or pass --dev)")?
+        None => auth::hmac_secret(&config.auth)?
+            .context("no HS256 secret configured (set SWITCHBOARD_AUTH__HMAC_SECRET, auth.hmac_secret_file, or pass --dev)")?
             .into_bytes(),
     };
     Ok(auth::mint(&config.auth.algorithm, &key, &claims)?)

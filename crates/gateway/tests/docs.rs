@@ -32,6 +32,7 @@ fn every_config_key_is_documented() {
     for name in [
         "node.name",
         "auth.hmac_secret",
+        "auth.hmac_secret_file",
         "auth.public_key_pem",
         "auth.public_key_file",
         "auth.issuer",
