@@ -15,7 +15,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -70,6 +73,9 @@ pub const SESSION_COMMAND_CAPACITY: usize = 16;
 #[derive(Debug, Default)]
 pub struct ConnControl {
     cancel: CancellationToken,
+    /// Mirrors `cancel` for the hot path: `CancellationToken::is_cancelled` takes a
+    /// mutex, and every queued frame asks (profiled: 7.7 % of a fan-out's CPU).
+    closing: AtomicBool,
     request: Mutex<Option<CloseRequest>>,
     commands: Mutex<VecDeque<SessionCommand>>,
     command_ready: Notify,
@@ -120,6 +126,7 @@ impl ConnControl {
         let mut slot = lock(&self.request);
         if slot.is_none() {
             *slot = Some(request);
+            self.closing.store(true, Ordering::Release);
             self.cancel.cancel();
         }
     }
@@ -131,12 +138,13 @@ impl ConnControl {
 
     /// Ends the connection without a close request: the transport is already gone.
     pub fn terminate(&self) {
+        self.closing.store(true, Ordering::Release);
         self.cancel.cancel();
     }
 
     /// Whether a close was requested.
     pub fn is_closing(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// The close request, once one was made.
