@@ -304,6 +304,16 @@ async fn publish_to_user(
     Ok(Json(publish_one(&node, channel, request.event, &request.data, request.idempotency_key, false).await?))
 }
 
+/// Sends an operator command to every connection of `user`, on whichever node.
+async fn send_control(node: &Node, user: &str, control: Control) -> Result<(), ApiError> {
+    node.rules.resolve(&personal(user))?;
+    if node.broker.control(user, control).await? {
+        Ok(())
+    } else {
+        Err(ApiError::UnknownUser(user.to_string()))
+    }
+}
+
 /// Body of `POST /api/v1/users/disconnect`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -318,11 +328,8 @@ async fn disconnect_user(
     body: Result<Json<DisconnectRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let request = json_body(body)?;
-    node.rules.resolve(&personal(&request.user))?;
     let reason = request.reason.unwrap_or_else(|| "disconnected by the server".into());
-    if !node.broker.control(&request.user, Control::Disconnect { reason }).await? {
-        return Err(ApiError::UnknownUser(request.user));
-    }
+    send_control(&node, &request.user, Control::Disconnect { reason }).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"user": request.user}))))
 }
 
@@ -341,13 +348,10 @@ async fn unsubscribe_user(
     body: Result<Json<UnsubscribeRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let request = json_body(body)?;
-    node.rules.resolve(&personal(&request.user))?;
     node.rules.resolve(&request.channel)?;
     let reason = request.reason.unwrap_or_else(|| "unsubscribed by the server".into());
-    let control = Control::Unsubscribe { channel: request.channel.clone(), reason };
-    if !node.broker.control(&request.user, control).await? {
-        return Err(ApiError::UnknownUser(request.user));
-    }
+    send_control(&node, &request.user, Control::Unsubscribe { channel: request.channel.clone(), reason })
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"user": request.user, "channel": request.channel}))))
 }
 

@@ -303,7 +303,8 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// Waits for queued frames and moves up to `limit` of them into `buf`.
+    /// Waits for queued frames and moves up to `limit` of them into `buf`; returns how
+    /// many (never 0).
     pub async fn recv_many(&mut self, buf: &mut Vec<Outgoing>, limit: usize) -> usize {
         loop {
             let ready = self.shared.ready.notified();

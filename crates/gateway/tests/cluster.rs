@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use switchboard_protocol::{push::Push, Code, Encoding};
 use switchboard_testkit::{Persistence, RedisServer};
 
-use fixture::cluster::{start_nodes, SERIAL};
+use fixture::cluster::{redis_cli_publish, start_nodes, SERIAL};
 
 /// Reads publications of `channel` until `count` arrived; asserts offsets are exactly
 /// `first..first+count` (order, no gap, no duplicate) and returns the data values.
@@ -348,19 +348,8 @@ async fn offline_user_gets_pending_notifications_on_a_fresh_device() {
     let nodes = start_nodes(&redis, 2);
     // A backend publishes with the documented one-call contract while the user is away.
     for n in 1..=3 {
-        let body = json!({"event": "notification", "data": {"n": n, "priority": "high"}}).to_string();
-        redis.cli(&[
-            "FCALL",
-            "sb_publish",
-            "2",
-            "sb:{user:u9}:stream",
-            "sb:{user:u9}:meta",
-            "sb:{user:u9}:live",
-            &body,
-            "1000",
-            "86400000",
-            "86400000",
-        ]);
+        let body = json!({"event": "notification", "data": {"n": n, "priority": "high"}});
+        redis_cli_publish(&redis, "user:u9", &body, 1000);
     }
     let mut phone = connect_url(&nodes[0].ws_url(), "u9", Encoding::Json).await;
     // The connect reply was consumed by connect_url; pending publications follow it.
@@ -392,19 +381,8 @@ async fn redis_cli_publish_reaches_clients_on_every_node() {
         client.ok("subscribe", json!({"channel": "news"})).await;
         clients.push(client);
     }
-    let body = json!({"event": "tally", "data": {"proposal": 7, "yes": 1200, "quorum": 0.42}}).to_string();
-    let reply = redis.cli(&[
-        "FCALL",
-        "sb_publish",
-        "2",
-        "sb:{news}:stream",
-        "sb:{news}:meta",
-        "sb:{news}:live",
-        &body,
-        "100",
-        "300000",
-        "86400000",
-    ]);
+    let body = json!({"event": "tally", "data": {"proposal": 7, "yes": 1200, "quorum": 0.42}});
+    let reply = redis_cli_publish(&redis, "news", &body, 100);
     assert!(reply.starts_with('1'), "{reply}");
     for client in &mut clients {
         let publication = client.publication().await;
@@ -521,19 +499,7 @@ async fn publications_during_a_pub_sub_reconnect_are_caught_up() {
     client.ok("subscribe", json!({"channel": "chat:gap"})).await;
     redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     for n in 1..=3 {
-        let body = json!({"data": n}).to_string();
-        redis.cli(&[
-            "FCALL",
-            "sb_publish",
-            "2",
-            "sb:{chat:gap}:stream",
-            "sb:{chat:gap}:meta",
-            "sb:{chat:gap}:live",
-            &body,
-            "1000",
-            "300000",
-            "86400000",
-        ]);
+        redis_cli_publish(&redis, "chat:gap", &json!({"data": n}), 1000);
     }
     let data = expect_sequence(&mut client, 1, 3).await;
     assert_eq!(data, vec![json!(1), json!(2), json!(3)]);

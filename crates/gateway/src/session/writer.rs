@@ -35,10 +35,8 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             biased;
-            received = rx.recv_many(&mut batch, BATCH) => {
-                if received == 0 {
-                    break;
-                }
+            // Waits until frames are queued; the loop ends through `control.closed()`.
+            _ = rx.recv_many(&mut batch, BATCH) => {
                 let written = tokio::select! {
                     result = write_batch(&mut sink, &mut batch, &rx, &metrics) => result,
                     () = abandoned(&control) => Err(()),
