@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use switchboard_gateway::{

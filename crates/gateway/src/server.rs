@@ -8,6 +8,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::{config::Config, node::Node};
@@ -48,6 +49,13 @@ pub async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, node = %node.id, broker = %node.config.broker.url, "switchboard listening");
     let app = crate::http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Frames are small and latency-bound: send each write at once instead of letting
+    // Nagle hold it back until the previous segment is acknowledged.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let drained = {
         let node = node.clone();
         async move {
