@@ -22,6 +22,8 @@ enum Scenario {
     Connect(scenarios::connect::Connect),
     /// Kill a node under load: recovery time, loss and duplicates.
     Failover(scenarios::failover::Failover),
+    /// What the kernel alone charges here per delivery and per connection (no gateway).
+    Floor(scenarios::floor::Floor),
 }
 
 #[tokio::main]
@@ -33,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle(s) => ("idle", scenarios::idle::run(s).await?),
         Scenario::Connect(s) => ("connect", scenarios::connect::run(s).await?),
         Scenario::Failover(s) => ("failover", scenarios::failover::run(s).await?),
+        Scenario::Floor(s) => ("floor", scenarios::floor::run(s).await?),
     };
     report(name, &result);
     Ok(())

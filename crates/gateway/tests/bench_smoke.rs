@@ -78,15 +78,19 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
     .unwrap();
     assert!(idle["gateway_rss_after_bytes"].as_u64().unwrap() > 0, "{idle}");
 
-    let connect = scenarios::connect::run(scenarios::connect::Connect {
-        target: target(&nodes),
-        connections: 200,
-        concurrency: 16,
-    })
-    .await
-    .unwrap();
-    assert_eq!(connect["succeeded"], 200, "{connect}");
-    assert!(connect["connections_per_second"].as_f64().unwrap() > 0.0);
+    for churn in [false, true] {
+        let connect = scenarios::connect::run(scenarios::connect::Connect {
+            target: target(&nodes),
+            connections: 200,
+            concurrency: 16,
+            churn,
+        })
+        .await
+        .unwrap();
+        assert_eq!(connect["succeeded"], 200, "{connect}");
+        assert!(connect["connections_per_second"].as_f64().unwrap() > 0.0);
+        assert!(connect["gateway_cpu_us_per_connection"].as_f64().is_some(), "{connect}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,4 +132,20 @@ async fn fanout_and_failover_run_on_a_redis_cluster() {
     );
     assert_eq!(failover["reconnected_clients"], 4, "{failover}");
     assert_eq!(failover["not_recovered"], 0, "{failover}");
+}
+
+/// The kernel floor needs no gateway; it must still report both costs.
+#[tokio::test]
+async fn floor_measures_delivery_and_connection_costs() {
+    let floor = scenarios::floor::run(scenarios::floor::Floor {
+        sockets: 50,
+        frame_bytes: 190,
+        rounds: 4,
+        connections: 50,
+        fanout_to: 10_000,
+    })
+    .await
+    .unwrap();
+    assert!(floor["delivery"]["cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{floor}");
+    assert!(floor["connection"]["cpu_us_per_connection"].as_f64().unwrap() > 0.0, "{floor}");
 }

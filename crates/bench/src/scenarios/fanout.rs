@@ -69,14 +69,14 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     }
     // Readers run until told how many publications to expect, then until they have them
     // (or stall).
-    let (expected_tx, expected_rx) = tokio::sync::watch::channel(None);
-    let readers: Vec<_> = subscribers
+    let (ends, readers): (Vec<_>, Vec<_>) = subscribers
         .into_iter()
         .map(|(socket, top)| {
             let start = HashMap::from([(settings.channel.clone(), top)]);
-            tokio::spawn(reader::read(socket, start, expected_rx.clone()))
+            let (end, told) = reader::end_signal();
+            (end, tokio::spawn(reader::read(socket, start, told)))
         })
-        .collect();
+        .unzip();
 
     let cpu_before = total_cpu(&settings.target.pids);
     let started = std::time::Instant::now();
@@ -95,7 +95,10 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         last_offset = last_offset.max(top);
     }
     let publish_seconds = started.elapsed().as_secs_f64();
-    expected_tx.send_replace(Some(Arc::new(HashMap::from([(settings.channel.clone(), last_offset)]))));
+    let expected = Arc::new(HashMap::from([(settings.channel.clone(), last_offset)]));
+    for end in ends {
+        let _ = end.send(expected.clone());
+    }
     let mut total = Deliveries::default();
     for reader in readers {
         total.merge(&reader.await??);

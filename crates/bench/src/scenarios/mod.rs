@@ -3,5 +3,6 @@
 pub mod connect;
 pub mod failover;
 pub mod fanout;
+pub mod floor;
 pub mod idle;
 pub mod rooms;

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    sync::{watch, Semaphore},
+    sync::Semaphore,
 };
 
 use crate::{
@@ -73,11 +73,13 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     for setup in setups {
         clients.push(setup.await??);
     }
-    let (expected_tx, expected_rx) = watch::channel(None::<Arc<HashMap<String, u64>>>);
-    let readers: Vec<_> = clients
+    let (ends, readers): (Vec<_>, Vec<_>) = clients
         .into_iter()
-        .map(|(socket, tops)| tokio::spawn(reader::read(socket, tops, expected_rx.clone())))
-        .collect();
+        .map(|(socket, tops)| {
+            let (end, told) = reader::end_signal();
+            (end, tokio::spawn(reader::read(socket, tops, told)))
+        })
+        .unzip();
     let cpu_before = total_cpu(&settings.target.pids);
     let started = std::time::Instant::now();
     let groups_task = tokio::spawn(publish_groups(settings.clone(), groups, tokens.mint("room-publisher")?));
@@ -85,7 +87,10 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     let mut expected = groups_task.await??;
     expected.extend(personal_task.await??);
     let published: u64 = expected.values().sum();
-    expected_tx.send_replace(Some(Arc::new(expected)));
+    let expected = Arc::new(expected);
+    for end in ends {
+        let _ = end.send(expected.clone());
+    }
     let mut total = Deliveries::default();
     for reader in readers {
         total.merge(&reader.await??);
