@@ -108,6 +108,12 @@ def validate_helm():
         pre_stop = container.get("lifecycle", {}).get("preStop")
         check(f"helm: {label} preStop hook", pre_stop is not None, container.get("lifecycle"))
         env = {e["name"]: e for e in container.get("env", [])}
+        secret_file = env.get("SWITCHBOARD_AUTH__HMAC_SECRET_FILE", {}).get("value", "")
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        keys = next((v for v in pod.get("volumes", []) if v["name"] == "keys"), {})
+        mounted = [f'{mounts.get("keys", "")}/{item["path"]}' for item in keys.get("secret", {}).get("items", [])]
+        check(f"helm: {label} HS256 secret mounted from the Secret as a file, not an env value",
+              "SWITCHBOARD_AUTH__HMAC_SECRET" not in env and secret_file in mounted, (secret_file, mounted))
         shutdown_ms = int(env.get("SWITCHBOARD_NODE__SHUTDOWN_TIMEOUT_MS", {}).get("value", "10000"))
         sleep = 0
         if pre_stop and "exec" in pre_stop:
