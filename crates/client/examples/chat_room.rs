@@ -13,7 +13,11 @@ use switchboard_client::{static_token, Client, ClientConfig, Event};
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("SWITCHBOARD_URL").unwrap_or_else(|_| "ws://localhost:8000/ws".into());
     let token = std::env::var("SWITCHBOARD_TOKEN")?;
-    let (client, _personal) = Client::connect(ClientConfig::new(url, static_token(token)));
+    let (client, personal) = Client::connect(ClientConfig::new(url, static_token(token)));
+    // This app does not use its personal channel. Dropping the subscription lets the
+    // client discard its events; holding it unread would fill its queue and stall the
+    // connection.
+    drop(personal);
     let mut room = client.subscribe("chat:lobby").await?;
     let present = client.presence("chat:lobby").await?;
     let mut online: BTreeSet<String> = present["clients"]
@@ -42,8 +46,16 @@ async fn main() -> anyhow::Result<()> {
                         p.from.as_ref().map(|f| f.user.as_str()).unwrap_or("?"),
                         p.data["text"]
                     );
-                    // A read receipt: who read up to which offset.
-                    client.publish("chat:lobby", Some("read"), json!({"offset": p.offset}), true).await?;
+                    // A read receipt: who read up to which offset. Sent from its own task:
+                    // awaiting the reply here would stop this loop from reading the room,
+                    // and the reply waits behind the room's events.
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let receipt = json!({"offset": p.offset});
+                        if let Err(error) = client.publish("chat:lobby", Some("read"), receipt, true).await {
+                            eprintln!("read receipt not sent: {error}");
+                        }
+                    });
                 }
                 Some("read") => {
                     println!("{} read up to {}", p.from.map(|f| f.user).unwrap_or_default(), p.data["offset"])

@@ -10,7 +10,11 @@ use switchboard_client::{static_token, Client, ClientConfig, Event};
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("SWITCHBOARD_URL").unwrap_or_else(|_| "ws://localhost:8000/ws".into());
     let token = std::env::var("SWITCHBOARD_TOKEN")?;
-    let (client, _personal) = Client::connect(ClientConfig::new(url, static_token(token)));
+    let (client, personal) = Client::connect(ClientConfig::new(url, static_token(token)));
+    // This app does not use its personal channel. Dropping the subscription lets the
+    // client discard its events; holding it unread would fill its queue and stall the
+    // connection.
+    drop(personal);
     let mut proposal = client.subscribe("dao:proposal-42").await?;
     while let Some(event) = proposal.next().await {
         match event {

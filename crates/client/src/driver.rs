@@ -1,14 +1,17 @@
 //! The connection task behind a [`crate::Client`]: one WebSocket at a time, reconnecting
 //! with backoff, resubscribing every channel from its last position.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::{json, Value};
 use switchboard_protocol::{
     codec::{self, ServerFrame},
-    push::Push,
+    push::{Disconnect, Push},
     reply::{ConnectResult, SubscribeResult},
     Code, Encoding, ErrorBody, StreamPosition,
 };
@@ -24,6 +27,11 @@ use tokio_tungstenite::{
 use crate::{ClientConfig, ClientError, ConnectionState, Event, Request};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connection that stayed up this long resets the backoff; one that fails sooner (say a
+/// resubscribe refused as temporarily unavailable right after connecting) keeps backing
+/// off, so a node that accepts and then fails is not retried in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 struct Channel {
     events: mpsc::Sender<Event>,
@@ -133,7 +141,9 @@ impl Driver {
     }
 
     async fn session(&mut self) -> Ended {
-        let url = self.config.urls[self.url % self.config.urls.len().max(1)].clone();
+        let Some(url) = self.config.urls.get(self.url % self.config.urls.len().max(1)).cloned() else {
+            return Ended::Closed { code: None, reason: "no server URL configured".into() };
+        };
         self.state.send_replace(ConnectionState::Connecting);
         let lost = |reason: String| Ended::Lost { code: None, reason, advised: None };
         let mut request = match url.as_str().into_client_request() {
@@ -143,9 +153,12 @@ impl Driver {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(self.config.encoding.subprotocol()));
-        let mut socket = match tokio_tungstenite::connect_async(request).await {
-            Ok((socket, _)) => socket,
-            Err(error) => return lost(format!("cannot connect to {url}: {error}")),
+        let timeout = self.config.request_timeout;
+        let mut socket = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request)).await
+        {
+            Ok(Ok((socket, _))) => socket,
+            Ok(Err(error)) => return lost(format!("cannot connect to {url}: {error}")),
+            Err(_) => return lost(format!("cannot connect to {url}: no handshake within {timeout:?}")),
         };
         let token = match (self.config.token)().await {
             Ok(token) => token,
@@ -162,8 +175,11 @@ impl Driver {
             Err(error) => return lost(error),
         };
         connection.pending.insert(connect_id, Pending::Ignore);
+        // A node that refuses (full, draining) says so with a disconnect push before closing:
+        // its code and advice decide what happens next, even if the close frame is lost.
+        let mut notice = None;
         let result = loop {
-            match read(&mut socket, self.config.encoding).await {
+            match read(&mut socket, self.config.encoding, Some(timeout)).await {
                 Incoming::Frame(ServerFrame::Reply(reply)) if reply.id == connect_id => {
                     connection.pending.remove(&connect_id);
                     match (reply.result, reply.error) {
@@ -175,11 +191,15 @@ impl Driver {
                         _ => return lost("empty connect reply".into()),
                     }
                 }
+                Incoming::Frame(ServerFrame::Push(Push::Disconnect(disconnect))) => notice = Some(disconnect),
                 Incoming::Frame(_) => continue,
-                Incoming::Ended(ended) => return ended,
+                Incoming::Ended(ended) => return with_notice(ended, notice),
             }
         };
-        self.attempt = 0;
+        let connected_at = Instant::now();
+        let silence = (result.ping_interval_ms > 0).then(|| {
+            Duration::from_millis(result.ping_interval_ms.saturating_mul(2)) + Duration::from_secs(1)
+        });
         self.state.send_replace(ConnectionState::Connected {
             client: result.client.clone(),
             node: result.node.clone(),
@@ -207,7 +227,10 @@ impl Driver {
                 Err(error) => return lost(error),
             }
         }
-        let ended = self.serve(&mut socket, &mut connection).await;
+        let ended = self.serve(&mut socket, &mut connection, silence).await;
+        if connected_at.elapsed() >= STABLE_AFTER {
+            self.attempt = 0;
+        }
         for (_, pending) in connection.pending.drain() {
             match pending {
                 Pending::Call(reply) => drop(reply.send(Err(ClientError::NotConnected))),
@@ -219,25 +242,29 @@ impl Driver {
         ended
     }
 
-    async fn serve(&mut self, socket: &mut Socket, connection: &mut Connection) -> Ended {
-        let mut advised = None;
+    /// Serves one connection until it ends. `silence` is how long the server may send
+    /// nothing (it pings every `ping_interval_ms`) before the connection counts as lost.
+    async fn serve(
+        &mut self,
+        socket: &mut Socket,
+        connection: &mut Connection,
+        silence: Option<Duration>,
+    ) -> Ended {
+        let mut notice = None;
         loop {
             tokio::select! {
-                incoming = read(socket, self.config.encoding) => match incoming {
+                incoming = read(socket, self.config.encoding, silence) => match incoming {
                     Incoming::Frame(ServerFrame::Reply(reply)) => {
                         if let Some(ended) = self.on_reply(connection, reply).await {
                             return ended;
                         }
                     }
                     Incoming::Frame(ServerFrame::Push(push)) => {
-                        if let Some(ended) = self.on_push(socket, connection, push, &mut advised).await {
+                        if let Some(ended) = self.on_push(socket, connection, push, &mut notice).await {
                             return ended;
                         }
                     }
-                    Incoming::Ended(Ended::Lost { code, reason, advised: None }) => {
-                        return Ended::Lost { code, reason, advised: advised.take() };
-                    }
-                    Incoming::Ended(ended) => return ended,
+                    Incoming::Ended(ended) => return with_notice(ended, notice.take()),
                 },
                 request = self.requests.recv() => match request {
                     None | Some(Request::Close) => {
@@ -262,6 +289,11 @@ impl Driver {
     ) -> Result<(), String> {
         match request {
             Request::Subscribe { channel, events, reply } => {
+                if self.channels.get(&channel).is_some_and(|existing| existing.events.is_closed()) {
+                    // The application gave up on an earlier subscription (a subscribe call
+                    // that timed out, a dropped stream): leave it and start afresh.
+                    self.drop_channel(socket, connection, &channel).await;
+                }
                 if self.channels.contains_key(&channel) {
                     let error = ErrorBody::new(Code::AlreadySubscribed, "already subscribed");
                     let _ = reply.send(Err(ClientError::Server(error)));
@@ -337,7 +369,7 @@ impl Driver {
         socket: &mut Socket,
         connection: &mut Connection,
         push: Push<Value>,
-        advised: &mut Option<Duration>,
+        notice: &mut Option<Disconnect>,
     ) -> Option<Ended> {
         match push {
             Push::Publication(publication) => {
@@ -365,9 +397,7 @@ impl Driver {
                 }
                 Err(error) => tracing::warn!(%error, "token provider failed on refresh"),
             },
-            Push::Disconnect(disconnect) => {
-                *advised = disconnect.reconnect_after_ms.map(Duration::from_millis);
-            }
+            Push::Disconnect(disconnect) => *notice = Some(disconnect),
             Push::Subscribe(_) => {}
         }
         None
@@ -407,6 +437,32 @@ async fn apply_subscribed(channel: &mut Channel, result: &SubscribeResult) {
     let _ = channel.events.send(event).await;
 }
 
+/// Applies the server's `disconnect` push to how the socket then ended: its advice is the
+/// reconnect floor, and when the close frame never arrived (the protocol allows that) its
+/// code and `reconnect` flag still decide.
+fn with_notice(ended: Ended, notice: Option<Disconnect>) -> Ended {
+    let Some(notice) = notice else { return ended };
+    match ended {
+        Ended::Lost { code: None, .. } if !notice.reconnect => {
+            Ended::Closed { code: Some(notice.code), reason: notice.reason }
+        }
+        Ended::Lost { code: None, advised: None, .. } => Ended::Lost {
+            code: Some(notice.code),
+            reason: notice.reason,
+            advised: notice.reconnect_after_ms.map(Duration::from_millis),
+        },
+        Ended::Lost { code, reason, advised: None } => {
+            Ended::Lost { code, reason, advised: notice.reconnect_after_ms.map(Duration::from_millis) }
+        }
+        ended => ended,
+    }
+}
+
+/// Close codes 3500–3999 mean "do not reconnect", known to this client or not.
+fn forbids_reconnect(code: u16) -> bool {
+    (3500..=3999).contains(&code)
+}
+
 fn connect_refused(error: ErrorBody) -> Ended {
     match error.code {
         // Expired: the provider is asked for a new token on the next attempt.
@@ -443,9 +499,24 @@ enum Incoming {
     Ended(Ended),
 }
 
-async fn read(socket: &mut Socket, encoding: Encoding) -> Incoming {
+/// The next frame from the server; `silence` bounds the wait (every frame, pings
+/// included, counts).
+async fn read(socket: &mut Socket, encoding: Encoding, silence: Option<Duration>) -> Incoming {
     loop {
-        let message = match socket.next().await {
+        let next = match silence {
+            Some(limit) => match tokio::time::timeout(limit, socket.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Incoming::Ended(Ended::Lost {
+                        code: None,
+                        reason: format!("nothing from the server for {limit:?}"),
+                        advised: None,
+                    })
+                }
+            },
+            None => socket.next().await,
+        };
+        let message = match next {
             None => {
                 return Incoming::Ended(Ended::Lost {
                     code: None,
@@ -462,11 +533,13 @@ async fn read(socket: &mut Socket, encoding: Encoding) -> Incoming {
             Message::Text(text) => text.as_bytes(),
             Message::Binary(bytes) => bytes.as_ref(),
             Message::Close(frame) => {
-                let code = frame.as_ref().and_then(|f| Code::from_u16(u16::from(f.code)));
+                let raw = frame.as_ref().map(|f| u16::from(f.code));
+                let code = raw.and_then(Code::from_u16);
                 let reason = frame.as_ref().map(|f| f.reason.to_string()).unwrap_or_default();
-                return Incoming::Ended(match code {
-                    Some(code) if !code.should_reconnect() => Ended::Closed { code: Some(code), reason },
-                    code => Ended::Lost { code, reason, advised: None },
+                return Incoming::Ended(if raw.is_some_and(forbids_reconnect) {
+                    Ended::Closed { code, reason }
+                } else {
+                    Ended::Lost { code, reason, advised: None }
                 });
             }
             _ => continue,

@@ -11,6 +11,14 @@
 //! subscription yields [`Event::Subscribed`] with `recovered: Some(false)` and the
 //! application refetches its state.
 //!
+//! The connection is judged by what the server says: its `disconnect` push decides whether
+//! and when to reconnect even if the close frame never arrives, codes 3500–3999 stop the
+//! client whether or not it knows them, a node that refuses with advice (`3005 node_full`,
+//! `3000 shutdown`) is not retried before the advised delay, and a server that sends
+//! nothing — not even its pings — for twice its `ping_interval_ms` plus a second is
+//! treated as gone. The backoff resets only after a connection stayed up for 10 s, so a
+//! node that accepts and then fails at once is not retried in a tight loop.
+//!
 //! Events are delivered through a bounded queue per subscription. A subscription that
 //! is not read applies backpressure to the whole connection (the server may then close
 //! it as a slow consumer, and recovery fills the gap on reconnect): read your
@@ -19,7 +27,13 @@
 mod backoff;
 mod driver;
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 pub use backoff::Backoff;
 use serde_json::Value;
@@ -189,12 +203,22 @@ impl Subscription {
     }
 }
 
+/// A subscription is also a [`futures_util::Stream`] of its events, for combinators.
+impl futures_util::Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
 /// A handle to the connection task. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     requests: mpsc::Sender<Request>,
     state: watch::Receiver<ConnectionState>,
     timeout: Duration,
+    buffer: usize,
 }
 
 impl Client {
@@ -203,11 +227,11 @@ impl Client {
     pub fn connect(config: ClientConfig) -> (Client, Subscription) {
         let (requests, requests_rx) = mpsc::channel(256);
         let (state_tx, state) = watch::channel(ConnectionState::Connecting);
-        let (personal_tx, personal_rx) = mpsc::channel(config.subscription_buffer);
-        let timeout = config.request_timeout;
+        let (timeout, buffer) = (config.request_timeout, config.subscription_buffer.max(1));
+        let (personal_tx, personal_rx) = mpsc::channel(buffer);
         tokio::spawn(driver::Driver::new(config, requests_rx, state_tx, personal_tx).run());
         let personal = Subscription { channel: "user:<self>".into(), events: personal_rx };
-        (Client { requests, state, timeout }, personal)
+        (Client { requests, state, timeout, buffer }, personal)
     }
 
     /// Connection state changes.
@@ -237,7 +261,7 @@ impl Client {
     /// # Errors
     /// The server's refusal, or [`ClientError::Closed`].
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, ClientError> {
-        let (events_tx, events) = mpsc::channel(1024);
+        let (events_tx, events) = mpsc::channel(self.buffer);
         let (reply, answer) = oneshot::channel();
         let request = Request::Subscribe { channel: channel.to_string(), events: events_tx, reply };
         self.send(request, answer).await?;
@@ -293,6 +317,21 @@ impl Client {
     /// As [`Client::publish`].
     pub async fn history(&self, channel: &str, limit: u32) -> Result<Value, ClientError> {
         self.call("history", serde_json::json!({"channel": channel, "limit": limit})).await
+    }
+
+    /// Publications after `since`, oldest first, at most `limit`: page forward by passing
+    /// the last returned position.
+    ///
+    /// # Errors
+    /// As [`Client::publish`]; `117 unrecoverable_position` when the position cannot be
+    /// served exactly (another epoch, or trimmed).
+    pub async fn history_since(
+        &self,
+        channel: &str,
+        since: &StreamPosition,
+        limit: u32,
+    ) -> Result<Value, ClientError> {
+        self.call("history", serde_json::json!({"channel": channel, "limit": limit, "since": since})).await
     }
 
     /// Acknowledges having processed `channel` up to `position` (offline delivery).

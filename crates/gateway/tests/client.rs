@@ -67,13 +67,18 @@ async fn client_recovers_every_publication_across_a_node_kill() {
     }
     nodes[0].kill9();
     for (i, (_, subscription)) in clients.iter_mut().enumerate() {
+        let mut resubscribed = 0;
         while received[i].last() != Some(&total) {
             match next(subscription).await {
                 Event::Publication(p) => received[i].push(p.offset.unwrap()),
-                Event::Subscribed { recovered, .. } => assert_eq!(recovered, Some(true)),
+                Event::Subscribed { recovered, .. } => {
+                    assert_eq!(recovered, Some(true));
+                    resubscribed += 1;
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
+        assert!(resubscribed >= 1, "client {i} was on the killed node and must have resubscribed");
         assert_eq!(
             received[i],
             (1..=total).collect::<Vec<_>>(),
@@ -130,5 +135,72 @@ async fn client_stops_on_a_do_not_reconnect_code() {
     .unwrap();
     assert_eq!(closed, Some(Code::LimitExceeded));
     assert!(client.wait_connected().await.is_err());
+    server.shutdown().await;
+}
+
+/// A full node answers every attempt with `3005 node_full` and a reconnect delay drawn
+/// from `[0, node.shutdown_reconnect_jitter_ms]`. The client's own backoff here is 0–50
+/// ms, so without the advice it would try ~40 times a second; with it, a few times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_backs_off_as_a_full_node_advises_and_connects_once_there_is_room() {
+    let mut config = config();
+    config.limits.max_connections = 1;
+    config.node.shutdown_reconnect_jitter_ms = 1000;
+    let server = TestServer::start(config).await;
+    let holder = server.connect("holder", Encoding::Json).await;
+    let mut client_config = client_config(vec![server.url()], "late", Encoding::Json);
+    client_config.backoff = Backoff { base: Duration::from_millis(25), max: Duration::from_millis(50) };
+    let (client, _personal) = Client::connect(client_config);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = server.http_get("/metrics").await.1;
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("switchboard_disconnects_total{code=\"node_full\"} "))
+        .expect("node_full counted")
+        .parse()
+        .unwrap();
+    // Mean advice 500 ms: ~6 attempts in 3 s. Without it: over 100.
+    assert!((2.0..=20.0).contains(&refused), "{refused} attempts in 3 s");
+    assert!(matches!(
+        &*client.state().borrow(),
+        ConnectionState::Disconnected { code: Some(Code::NodeFull), .. } | ConnectionState::Connecting
+    ));
+    drop(holder);
+    tokio::time::timeout(fixture::WAIT, client.wait_connected()).await.unwrap().unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reads_a_subscription_as_a_stream_and_pages_history() {
+    use futures_util::StreamExt;
+    use switchboard_client::StreamPosition;
+
+    let server = TestServer::start(config()).await;
+    let (client, _personal) = Client::connect(client_config(vec![server.url()], "pager", Encoding::Json));
+    client.wait_connected().await.unwrap();
+    let mut subscription = client.subscribe("chat:paged").await.unwrap();
+    for n in 1..=5 {
+        client.publish("chat:paged", None, json!(n), false).await.unwrap();
+    }
+    let mut data = Vec::new();
+    while data.len() < 5 {
+        let event = tokio::time::timeout(fixture::WAIT, StreamExt::next(&mut subscription)).await.unwrap();
+        if let Some(Event::Publication(publication)) = event {
+            data.push(publication.data.as_u64().unwrap());
+        }
+    }
+    assert_eq!(data, [1, 2, 3, 4, 5]);
+    let epoch = client.history("chat:paged", 0).await.unwrap()["epoch"].as_str().unwrap().to_string();
+    let page = client.history_since("chat:paged", &StreamPosition { offset: 2, epoch }, 2).await.unwrap();
+    let offsets: Vec<u64> =
+        page["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [3, 4]);
+    let stale = StreamPosition { offset: 2, epoch: "not-the-epoch".into() };
+    let refused = client.history_since("chat:paged", &stale, 2).await.unwrap_err();
+    assert!(
+        matches!(&refused, switchboard_client::ClientError::Server(e) if e.code == Code::UnrecoverablePosition),
+        "{refused}"
+    );
+    client.close().await;
     server.shutdown().await;
 }
