@@ -77,6 +77,7 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
     .await
     .unwrap();
     assert!(idle["gateway_rss_after_bytes"].as_u64().unwrap() > 0, "{idle}");
+    assert_eq!(idle["closed_by_server"], 0, "{idle}");
 
     for churn in [false, true] {
         let connect = scenarios::connect::run(scenarios::connect::Connect {
@@ -130,7 +131,9 @@ async fn fanout_and_failover_run_on_a_redis_cluster() {
         (Some(0), Some(0)),
         "{failover}"
     );
+    assert_eq!(failover["disconnected_clients"], 4, "{failover}");
     assert_eq!(failover["reconnected_clients"], 4, "{failover}");
+    assert_eq!(failover["reconnected_within_5s_fraction"], 1.0, "{failover}");
     assert_eq!(failover["not_recovered"], 0, "{failover}");
 }
 

@@ -141,6 +141,8 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
     let replies = {
         let window = window.clone();
         tokio::spawn(async move {
+            // However this task ends, a publisher waiting for the window must not wait forever.
+            let _close = CloseOnDrop(window.clone());
             let mut last_offset = 0;
             while let Some(Ok(message)) = stream.next().await {
                 if let Message::Text(text) = message {
@@ -168,14 +170,32 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
             tokio::time::sleep_until(next).await;
             next += interval;
         }
-        window.acquire().await?.forget();
+        let Ok(permit) = window.acquire().await else {
+            // The reply reader ended early: its error (a refused publish) is the reason.
+            replies.await??;
+            anyhow::bail!("the publisher's connection closed");
+        };
+        permit.forget();
         count += 1;
         let params = json!({"channel": settings.channel, "data": lean::payload(settings.payload)});
         lean::send(&mut sink, count + 1, "publish", params).await?;
     }
     // Wait for the last replies, then close.
-    let _ = window.acquire_many(64).await?;
+    if window.acquire_many(64).await.is_err() {
+        replies.await??;
+        anyhow::bail!("the publisher's connection closed before the last replies");
+    }
     sink.close().await?;
     let last_offset = replies.await??;
     Ok((count, last_offset))
+}
+
+/// Closes the publish window when the reply reader ends, so the publisher stops instead
+/// of waiting for permits that will never come back.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }

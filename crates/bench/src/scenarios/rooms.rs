@@ -48,25 +48,32 @@ pub struct Rooms {
 
 const GROUP: usize = 10;
 
+/// The user of client `n` in run `run`. Users are new in every run, so their personal
+/// channels start empty (offset 0) even when a node or Redis is reused between runs.
+fn user_id(run: u64, n: usize) -> String {
+    format!("r{run}-{n}")
+}
+
 /// Runs the scenario.
 ///
 /// # Errors
 /// When setting up fails.
 pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     let tokens = settings.target.tokens();
+    let run = lean::now_micros();
     let gate = Arc::new(Semaphore::new(256));
     let groups = settings.clients.div_ceil(GROUP).max(1);
     let mut setups = Vec::new();
     for n in 0..settings.clients {
         let (url, source, token) =
-            (settings.target.url(n).to_string(), settings.target.source(n), tokens.mint(&format!("r{n}"))?);
+            (settings.target.url(n).to_string(), settings.target.source(n), tokens.mint(&user_id(run, n))?);
         let gate = gate.clone();
         setups.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let mut socket = lean::open(&url, source, &token).await?;
             let room = format!("bench:room-{}", n / GROUP);
             let top = lean::subscribe(&mut socket, 2, &room).await?;
-            anyhow::Ok((socket, HashMap::from([(room, top), (format!("user:r{n}"), 0)])))
+            anyhow::Ok((socket, HashMap::from([(room, top), (format!("user:{}", user_id(run, n)), 0)])))
         }));
     }
     let mut clients = Vec::new();
@@ -83,7 +90,7 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     let cpu_before = total_cpu(&settings.target.pids);
     let started = std::time::Instant::now();
     let groups_task = tokio::spawn(publish_groups(settings.clone(), groups, tokens.mint("room-publisher")?));
-    let personal_task = tokio::spawn(publish_personal(settings.clone()));
+    let personal_task = tokio::spawn(publish_personal(settings.clone(), run));
     let mut expected = groups_task.await??;
     expected.extend(personal_task.await??);
     let published: u64 = expected.values().sum();
@@ -148,7 +155,7 @@ async fn publish_groups(
 
 /// Publishes to personal channels through the HTTP API; returns the last offset per
 /// personal channel.
-async fn publish_personal(settings: Rooms) -> anyhow::Result<HashMap<String, u64>> {
+async fn publish_personal(settings: Rooms, run: u64) -> anyhow::Result<HashMap<String, u64>> {
     let mut last = HashMap::new();
     let Some(api) = settings.api.clone() else { return Ok(last) };
     if settings.personal_rate == 0 {
@@ -161,7 +168,7 @@ async fn publish_personal(settings: Rooms) -> anyhow::Result<HashMap<String, u64
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep_until(next).await;
         next += interval;
-        let user = format!("r{}", n % settings.clients.max(1));
+        let user = user_id(run, n % settings.clients.max(1));
         n += 1;
         let body = json!({"user": user, "event": "notification", "data": lean::payload(settings.payload)})
             .to_string();
