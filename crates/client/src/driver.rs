@@ -24,7 +24,7 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
 };
 
-use crate::{ClientConfig, ClientError, ConnectionState, Event, Request};
+use crate::{ClientConfig, ClientError, ConnectionState, Event, Request, TokenProvider};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -36,6 +36,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 struct Channel {
     events: mpsc::Sender<Event>,
     position: Option<StreamPosition>,
+    /// Supplies a subscription token for every (re)subscribe, when the channel needs one.
+    token: Option<TokenProvider>,
 }
 
 enum Pending {
@@ -77,7 +79,7 @@ impl Driver {
             config,
             requests,
             state,
-            personal: Channel { events: personal, position: None },
+            personal: Channel { events: personal, position: None, token: None },
             personal_name: None,
             channels: HashMap::new(),
             waiting: Vec::new(),
@@ -125,8 +127,8 @@ impl Driver {
     /// A request while disconnected: subscriptions wait for the next connection, calls fail.
     fn offline(&mut self, request: Request) {
         match request {
-            Request::Subscribe { channel, events, reply } => {
-                self.channels.insert(channel.clone(), Channel { events, position: None });
+            Request::Subscribe { channel, events, token, reply } => {
+                self.channels.insert(channel.clone(), Channel { events, position: None, token });
                 self.waiting.push((channel, reply));
             }
             Request::Unsubscribe { channel, reply } => {
@@ -212,12 +214,22 @@ impl Driver {
         // disconnected get their reply when their subscribe is answered.
         let mut waiting: HashMap<String, oneshot::Sender<Result<(), ClientError>>> =
             self.waiting.drain(..).collect();
-        let channels: Vec<(String, Option<StreamPosition>)> =
-            self.channels.iter().map(|(name, channel)| (name.clone(), channel.position.clone())).collect();
-        for (channel, position) in channels {
+        let channels: Vec<(String, Option<StreamPosition>, Option<TokenProvider>)> = self
+            .channels
+            .iter()
+            .map(|(name, channel)| (name.clone(), channel.position.clone(), channel.token.clone()))
+            .collect();
+        for (channel, position, token) in channels {
             let mut params = json!({ "channel": channel });
             if let Some(position) = position {
                 params["recover"] = json!(position);
+            }
+            if let Some(token) = token {
+                // Without it the server refuses (107), which ends this subscription with a reason.
+                match token().await {
+                    Ok(token) => params["token"] = json!(token),
+                    Err(error) => tracing::warn!(%channel, %error, "subscription token provider failed"),
+                }
             }
             match connection.send(&mut socket, "subscribe", params).await {
                 Ok(id) => {
@@ -288,7 +300,7 @@ impl Driver {
         request: Request,
     ) -> Result<(), String> {
         match request {
-            Request::Subscribe { channel, events, reply } => {
+            Request::Subscribe { channel, events, token, reply } => {
                 if self.channels.get(&channel).is_some_and(|existing| existing.events.is_closed()) {
                     // The application gave up on an earlier subscription (a subscribe call
                     // that timed out, a dropped stream): leave it and start afresh.
@@ -299,8 +311,18 @@ impl Driver {
                     let _ = reply.send(Err(ClientError::Server(error)));
                     return Ok(());
                 }
-                self.channels.insert(channel.clone(), Channel { events, position: None });
-                let id = connection.send(socket, "subscribe", json!({ "channel": channel })).await?;
+                let mut params = json!({ "channel": channel });
+                if let Some(token) = &token {
+                    match token().await {
+                        Ok(token) => params["token"] = json!(token),
+                        Err(error) => {
+                            let _ = reply.send(Err(ClientError::Token(error)));
+                            return Ok(());
+                        }
+                    }
+                }
+                self.channels.insert(channel.clone(), Channel { events, position: None, token });
+                let id = connection.send(socket, "subscribe", params).await?;
                 connection.pending.insert(id, Pending::Subscribe { channel, reply: Some(reply) });
             }
             Request::Unsubscribe { channel, reply } => {
@@ -354,9 +376,17 @@ impl Driver {
                     });
                 }
                 Err(error) => {
-                    self.channels.remove(&channel);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(ClientError::Server(error)));
+                    let removed = self.channels.remove(&channel);
+                    match reply {
+                        Some(reply) => drop(reply.send(Err(ClientError::Server(error)))),
+                        // A resubscribe refused for good (access revoked, token refused):
+                        // the application learns why its stream ends.
+                        None => {
+                            if let Some(removed) = removed {
+                                let reason = format!("resubscribe refused: {} {}", error.code, error.message);
+                                let _ = removed.events.send(Event::Unsubscribed { reason }).await;
+                            }
+                        }
                     }
                 }
             },

@@ -60,6 +60,9 @@ pub enum ClientError {
     /// No reply in time.
     #[error("no reply within the request timeout")]
     Timeout,
+    /// The subscription token provider failed.
+    #[error("token provider failed: {0}")]
+    Token(String),
     /// The command could not be encoded.
     #[error("cannot encode the command: {0}")]
     Encode(String),
@@ -171,6 +174,7 @@ pub(crate) enum Request {
     Subscribe {
         channel: String,
         events: mpsc::Sender<Event>,
+        token: Option<TokenProvider>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
     Unsubscribe {
@@ -261,9 +265,33 @@ impl Client {
     /// # Errors
     /// The server's refusal, or [`ClientError::Closed`].
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, ClientError> {
+        self.subscribe_inner(channel, None).await
+    }
+
+    /// Subscribes to a channel that needs a subscription token (a `token` namespace, or
+    /// one the connection token's claims do not cover). `token` is called for the first
+    /// subscribe and again for every resubscribe after a reconnect, so it can mint a fresh
+    /// token each time (from your backend, which decides who may read the channel).
+    ///
+    /// # Errors
+    /// The server's refusal (`113 invalid_token`, `107 permission_denied`),
+    /// [`ClientError::Token`] when `token` fails, or [`ClientError::Closed`].
+    pub async fn subscribe_with_token(
+        &self,
+        channel: &str,
+        token: TokenProvider,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_inner(channel, Some(token)).await
+    }
+
+    async fn subscribe_inner(
+        &self,
+        channel: &str,
+        token: Option<TokenProvider>,
+    ) -> Result<Subscription, ClientError> {
         let (events_tx, events) = mpsc::channel(self.buffer);
         let (reply, answer) = oneshot::channel();
-        let request = Request::Subscribe { channel: channel.to_string(), events: events_tx, reply };
+        let request = Request::Subscribe { channel: channel.to_string(), events: events_tx, token, reply };
         self.send(request, answer).await?;
         Ok(Subscription { channel: channel.to_string(), events })
     }

@@ -204,3 +204,48 @@ async fn client_reads_a_subscription_as_a_stream_and_pages_history() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// A `token` namespace needs a subscription token on every subscribe, including the
+/// resubscribe after a reconnect: the provider is asked again each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_asks_for_a_fresh_subscription_token_on_every_subscribe() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use switchboard_client::{ClientError, TokenProvider};
+    use switchboard_gateway::auth::{unix_now, Claims};
+
+    let first = TestServer::start(config()).await;
+    let second = TestServer::start(config()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let provider: TokenProvider = {
+        let calls = calls.clone();
+        Arc::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let claims = Claims {
+                sub: Some("deal-reader".into()),
+                exp: Some(unix_now() + 3600),
+                channel: Some("private:deal-9".into()),
+                ..Claims::default()
+            };
+            Box::pin(async move { Ok(fixture::token_with(claims)) })
+        })
+    };
+    let urls = vec![first.url(), second.url()];
+    let (client, _personal) = Client::connect(client_config(urls, "deal-reader", Encoding::Json));
+    client.wait_connected().await.unwrap();
+    let refused = client.subscribe("private:deal-9").await.err();
+    assert!(
+        matches!(&refused, Some(ClientError::Server(e)) if e.code == Code::PermissionDenied),
+        "{refused:?}"
+    );
+    let mut subscription = client.subscribe_with_token("private:deal-9", provider).await.unwrap();
+    assert!(matches!(next(&mut subscription).await, Event::Subscribed { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    first.shutdown().await;
+    assert!(matches!(next(&mut subscription).await, Event::Subscribed { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    client.close().await;
+    second.shutdown().await;
+}
