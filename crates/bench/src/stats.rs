@@ -1,5 +1,7 @@
 //! What a scenario measures, and how it is reported: a human table and one JSON line.
 
+use std::collections::BTreeSet;
+
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -10,13 +12,18 @@ pub struct Deliveries {
     pub latency: Histogram<u64>,
     /// Publications received.
     pub received: u64,
-    /// Offsets never received.
+    /// Offsets not received (so far).
     pub missing: u64,
     /// Offsets received more than once.
     pub duplicates: u64,
-    /// Offsets received after a later one.
+    /// Offsets received out of order: ahead of a gap, or late into one.
     pub out_of_order: u64,
+    /// Offsets skipped over by a later one, which may still arrive late.
+    skipped: BTreeSet<u64>,
 }
+
+/// Gaps larger than this are counted as missing without remembering each offset.
+const MAX_TRACKED_GAP: u64 = 100_000;
 
 impl Default for Deliveries {
     fn default() -> Self {
@@ -27,6 +34,7 @@ impl Default for Deliveries {
             missing: 0,
             duplicates: 0,
             out_of_order: 0,
+            skipped: BTreeSet::new(),
         }
     }
 }
@@ -40,10 +48,20 @@ impl Deliveries {
         if offset == *last + 1 {
             *last = offset;
         } else if offset <= *last {
-            self.duplicates += 1;
+            // Late into a gap is a reordering, not a duplicate; anything else was seen.
+            if self.skipped.remove(&offset) {
+                self.missing -= 1;
+                self.out_of_order += 1;
+            } else {
+                self.duplicates += 1;
+            }
         } else {
             self.out_of_order += 1;
-            self.missing += offset - *last - 1;
+            let gap = offset - *last - 1;
+            self.missing += gap;
+            if gap <= MAX_TRACKED_GAP {
+                self.skipped.extend(*last + 1..offset);
+            }
             *last = offset;
         }
     }
@@ -98,4 +116,22 @@ pub fn report(scenario: &str, result: &Value) {
     let mut line = result.clone();
     line["scenario"] = Value::String(scenario.into());
     println!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reordering_is_counted_once_as_such_not_as_loss_and_duplicate() {
+        let mut deliveries = Deliveries::default();
+        let mut last = 0;
+        for offset in [1, 3, 2, 4, 4, 6] {
+            deliveries.record(&mut last, offset, 0, 1);
+        }
+        assert_eq!(deliveries.received, 6);
+        assert_eq!(deliveries.out_of_order, 3, "3 ahead of 2, 2 late, 6 ahead of 5");
+        assert_eq!(deliveries.duplicates, 1, "the second 4");
+        assert_eq!(deliveries.missing, 1, "5 never came");
+    }
 }
