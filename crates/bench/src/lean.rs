@@ -1,6 +1,7 @@
 //! A lean protocol connection: one WebSocket, no background task, no reconnect. It is
 //! what lets one process hold tens of thousands of connections; scenarios that need
-//! reconnects use `switchboard-client` instead.
+//! reconnects use `switchboard-client` instead. Commands and replies go through the
+//! protocol crate's codec, in JSON or MessagePack.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -11,9 +12,13 @@ use futures_util::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
+use switchboard_protocol::{
+    codec::{self, ServerFrame},
+    Encoding,
+};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, Message},
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
     WebSocketStream,
 };
 
@@ -44,12 +49,18 @@ impl Tokens {
 }
 
 /// Opens a WebSocket to `url` from `source` (a loopback address, to spread ephemeral
-/// ports over several source IPs), and sends `connect`.
+/// ports over several source IPs) speaking `encoding`, and sends `connect`.
 ///
 /// # Errors
 /// Connection, handshake or authentication failure.
-pub async fn open(url: &str, source: Option<IpAddr>, token: &str) -> anyhow::Result<Socket> {
-    let request = url.into_client_request()?;
+pub async fn open(
+    url: &str,
+    source: Option<IpAddr>,
+    token: &str,
+    encoding: Encoding,
+) -> anyhow::Result<Socket> {
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(encoding.subprotocol()));
     let host = request.uri().host().context("url without host")?.to_string();
     let port = request.uri().port_u16().unwrap_or(80);
     let address = tokio::net::lookup_host((host.as_str(), port)).await?.next().context("cannot resolve")?;
@@ -60,42 +71,72 @@ pub async fn open(url: &str, source: Option<IpAddr>, token: &str) -> anyhow::Res
     let stream = socket.connect(address).await?;
     stream.set_nodelay(true)?;
     let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await?;
-    send(&mut socket, 1, "connect", json!({ "token": token })).await?;
-    let reply = reply(&mut socket, 1).await?;
+    send(&mut socket, encoding, 1, "connect", json!({ "token": token })).await?;
+    let reply = reply(&mut socket, encoding, 1).await?;
     if reply.get("error").is_some() {
         bail!("connect refused: {reply}");
     }
     Ok(socket)
 }
 
-/// Sends one command.
+/// Sends one command in `encoding`.
 ///
 /// # Errors
 /// When the socket is closed.
-pub async fn send<S>(socket: &mut S, id: u64, method: &str, params: Value) -> anyhow::Result<()>
+pub async fn send<S>(
+    socket: &mut S,
+    encoding: Encoding,
+    id: u64,
+    method: &str,
+    params: Value,
+) -> anyhow::Result<()>
 where
     S: SinkExt<Message> + Unpin,
     S::Error: std::error::Error + Send + Sync + 'static,
 {
-    let frame = json!({"id": id, "method": method, "params": params});
-    socket.send(Message::Text(frame.to_string().into())).await?;
+    let bytes = codec::encode(encoding, &json!({"id": id, "method": method, "params": params}))?;
+    let message = match encoding {
+        Encoding::Json => Message::Text(String::from_utf8(bytes.to_vec())?.into()),
+        Encoding::MsgPack => Message::Binary(bytes),
+    };
+    socket.send(message).await?;
     Ok(())
+}
+
+/// A reply frame as JSON `{"id", "result"?, "error"?}`, if `message` is one.
+///
+/// # Errors
+/// When the frame cannot be decoded.
+pub fn decode_reply(encoding: Encoding, message: &Message) -> anyhow::Result<Option<Value>> {
+    let bytes: &[u8] = match message {
+        Message::Text(text) => text.as_bytes(),
+        Message::Binary(bytes) => bytes,
+        _ => return Ok(None),
+    };
+    let ServerFrame::Reply(reply) = codec::decode_server_frame(encoding, bytes)? else { return Ok(None) };
+    let mut value = json!({ "id": reply.id });
+    if let Some(result) = reply.result {
+        value["result"] = result;
+    }
+    if let Some(error) = reply.error {
+        value["error"] = serde_json::to_value(error)?;
+    }
+    Ok(Some(value))
 }
 
 /// Reads frames until the reply to `id`, returning it (other frames are dropped).
 ///
 /// # Errors
 /// When the socket closes first or nothing arrives for 30 s.
-pub async fn reply(socket: &mut Socket, id: u64) -> anyhow::Result<Value> {
+pub async fn reply(socket: &mut Socket, encoding: Encoding, id: u64) -> anyhow::Result<Value> {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
             .await
             .context("no reply in 30 s")?
             .context("socket closed")??;
-        if let Message::Text(text) = message {
-            let frame: Value = serde_json::from_str(&text)?;
-            if frame["id"] == id {
-                return Ok(frame);
+        if let Some(reply) = decode_reply(encoding, &message)? {
+            if reply["id"] == id {
+                return Ok(reply);
             }
         }
     }
@@ -105,9 +146,14 @@ pub async fn reply(socket: &mut Socket, id: u64) -> anyhow::Result<Value> {
 ///
 /// # Errors
 /// When the server refuses.
-pub async fn subscribe(socket: &mut Socket, id: u64, channel: &str) -> anyhow::Result<u64> {
-    send(socket, id, "subscribe", json!({ "channel": channel })).await?;
-    let reply = reply(socket, id).await?;
+pub async fn subscribe(
+    socket: &mut Socket,
+    encoding: Encoding,
+    id: u64,
+    channel: &str,
+) -> anyhow::Result<u64> {
+    send(socket, encoding, id, "subscribe", json!({ "channel": channel })).await?;
+    let reply = reply(socket, encoding, id).await?;
     reply["result"]["offset"].as_u64().with_context(|| format!("subscribe refused: {reply}"))
 }
 

@@ -69,8 +69,12 @@ pub async fn read(
         };
         let Some(Ok(message)) = message else { break };
         last_received = Instant::now();
-        let Message::Text(text) = message else { continue };
-        let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
+        let frame = match &message {
+            Message::Text(text) => serde_json::from_str::<Frame<'_>>(text).ok(),
+            Message::Binary(bytes) => rmp_serde::from_slice::<Frame<'_>>(bytes).ok(),
+            _ => None,
+        };
+        let Some(frame) = frame else { continue };
         if let (Some("publication"), Some(channel), Some(offset), Some(stamp)) =
             (frame.push, frame.channel, frame.offset, frame.data)
         {

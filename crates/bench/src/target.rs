@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use clap::Args;
+use switchboard_protocol::Encoding;
 
 use crate::lean::{sources, Tokens};
 
@@ -21,6 +22,18 @@ pub struct Target {
     /// Gateway process ids, for CPU seconds and RSS (read from /proc).
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
+    /// Wire format of the measured connections (subscribers, idle and connect clients):
+    /// json or msgpack. Publishers always speak JSON.
+    #[arg(long, default_value = "json", value_parser = parse_encoding)]
+    pub encoding: Encoding,
+}
+
+fn parse_encoding(value: &str) -> Result<Encoding, String> {
+    match value {
+        "json" => Ok(Encoding::Json),
+        "msgpack" => Ok(Encoding::MsgPack),
+        other => Err(format!("unknown encoding {other:?}: json or msgpack")),
+    }
 }
 
 impl Target {

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use fixture::cluster::{BIN, SERIAL};
 use switchboard_bench::{scenarios, target::Target};
+use switchboard_protocol::Encoding;
 use switchboard_testkit::{Gateway, Persistence, RedisServer};
 
 const BENCH_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/bench.toml");
@@ -28,6 +29,7 @@ fn target(nodes: &[Gateway]) -> Target {
         secret: "bench-secret".into(),
         sources: 2,
         pids: nodes.iter().filter_map(Gateway::pid).collect(),
+        encoding: Encoding::Json,
     }
 }
 
@@ -35,22 +37,25 @@ fn target(nodes: &[Gateway]) -> Target {
 async fn fanout_rooms_idle_and_connect_run_on_one_node() {
     let _serial = SERIAL.lock().await;
     let nodes = vec![node(None)];
-    let fanout = scenarios::fanout::run(scenarios::fanout::Fanout {
-        target: target(&nodes),
-        subscribers: 20,
-        publishers: 2,
-        rate: 200,
-        duration: 0.5,
-        payload: 100,
-        channel: "bench:smoke".into(),
-        connect_concurrency: 8,
-    })
-    .await
-    .unwrap();
-    assert!(fanout["published"].as_u64().unwrap() > 0, "{fanout}");
-    assert_eq!(fanout["deliveries"].as_u64(), fanout["published"].as_u64().map(|p| p * 20), "{fanout}");
-    assert_eq!((fanout["missing"].as_u64(), fanout["duplicates"].as_u64()), (Some(0), Some(0)));
-    assert!(fanout["latency"]["p99_ms"].as_f64().is_some());
+    for encoding in [Encoding::Json, Encoding::MsgPack] {
+        let fanout = scenarios::fanout::run(scenarios::fanout::Fanout {
+            target: Target { encoding, ..target(&nodes) },
+            subscribers: 20,
+            publishers: 2,
+            rate: 200,
+            duration: 0.5,
+            payload: 100,
+            channel: format!("bench:smoke-{}", encoding.name()),
+            connect_concurrency: 8,
+        })
+        .await
+        .unwrap();
+        assert_eq!(fanout["encoding"], encoding.name());
+        assert!(fanout["published"].as_u64().unwrap() > 0, "{fanout}");
+        assert_eq!(fanout["deliveries"].as_u64(), fanout["published"].as_u64().map(|p| p * 20), "{fanout}");
+        assert_eq!((fanout["missing"].as_u64(), fanout["duplicates"].as_u64()), (Some(0), Some(0)));
+        assert!(fanout["latency"]["p99_ms"].as_f64().is_some());
+    }
 
     let rooms = scenarios::rooms::run(scenarios::rooms::Rooms {
         target: target(&nodes),

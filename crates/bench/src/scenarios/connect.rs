@@ -43,6 +43,7 @@ pub struct Connect {
 /// When tokens cannot be minted.
 pub async fn run(settings: Connect) -> anyhow::Result<Value> {
     let tokens = settings.target.tokens();
+    let encoding = settings.target.encoding;
     let minted: Vec<String> =
         (0..settings.connections).map(|n| tokens.mint(&format!("c{n}"))).collect::<Result<_, _>>()?;
     let gate = Arc::new(Semaphore::new(settings.concurrency.max(1)));
@@ -56,7 +57,7 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
         attempts.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let begun = std::time::Instant::now();
-            let socket = lean::open(&url, source, &token).await?;
+            let socket = lean::open(&url, source, &token, encoding).await?;
             let took = begun.elapsed();
             let held = (!churn).then_some(socket);
             anyhow::Ok((took, held))

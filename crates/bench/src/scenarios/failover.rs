@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::{json, Value};
 use switchboard_client::{static_token, Backoff, Client, ClientConfig, Event};
+use switchboard_protocol::Encoding;
 
 use crate::{lean, target::Target};
 
@@ -96,7 +97,8 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         }));
     }
     let publisher_url = urls[urls.len() - 1].clone();
-    let mut socket = lean::open(&publisher_url, None, &tokens.mint("failover-publisher")?).await?;
+    let mut socket =
+        lean::open(&publisher_url, None, &tokens.mint("failover-publisher")?, Encoding::Json).await?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / settings.rate.max(1) as f64);
     let mut next = tokio::time::Instant::now();
@@ -112,12 +114,13 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         id += 1;
         lean::send(
             &mut socket,
+            Encoding::Json,
             id,
             "publish",
             json!({"channel": settings.channel, "data": lean::payload(64)}),
         )
         .await?;
-        let reply = lean::reply(&mut socket, id).await?;
+        let reply = lean::reply(&mut socket, Encoding::Json, id).await?;
         last_offset = reply["result"]["offset"].as_u64().unwrap_or(last_offset);
     }
     let (mut lost, mut duplicates, mut not_recovered, mut times) = (0u64, 0u64, 0u64, Vec::new());

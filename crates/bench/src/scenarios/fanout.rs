@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_protocol::Encoding;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -50,6 +51,7 @@ pub struct Fanout {
 /// When setting up connections fails.
 pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     let tokens = settings.target.tokens();
+    let encoding = settings.target.encoding;
     let gate = Arc::new(Semaphore::new(settings.connect_concurrency.max(1)));
     let mut setups = Vec::with_capacity(settings.subscribers);
     for n in 0..settings.subscribers {
@@ -58,8 +60,8 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         let (gate, channel) = (gate.clone(), settings.channel.clone());
         setups.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let mut socket = lean::open(&url, source, &token).await?;
-            let top = lean::subscribe(&mut socket, 2, &channel).await?;
+            let mut socket = lean::open(&url, source, &token, encoding).await?;
+            let top = lean::subscribe(&mut socket, encoding, 2, &channel).await?;
             anyhow::Ok((socket, top))
         }));
     }
@@ -108,6 +110,7 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     let deliveries_per_second = total.received as f64 / elapsed;
     Ok(json!({
         "nodes": settings.target.urls.len(),
+        "encoding": encoding.name(),
         "subscribers": settings.subscribers,
         "publishers": settings.publishers,
         "target_rate": settings.rate,
@@ -133,7 +136,7 @@ fn round(value: f64) -> f64 {
 /// Publishes for the configured duration; returns how many and the last offset.
 async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Result<(u64, u64)> {
     let url = settings.target.url(settings.subscribers + index).to_string();
-    let socket = lean::open(&url, settings.target.source(index), &token).await?;
+    let socket = lean::open(&url, settings.target.source(index), &token, Encoding::Json).await?;
     let (mut sink, mut stream) = socket.split();
     // At most this many publishes wait for their reply, so the publisher neither stalls
     // on round trips nor floods the server's queue.
@@ -178,7 +181,7 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
         permit.forget();
         count += 1;
         let params = json!({"channel": settings.channel, "data": lean::payload(settings.payload)});
-        lean::send(&mut sink, count + 1, "publish", params).await?;
+        lean::send(&mut sink, Encoding::Json, count + 1, "publish", params).await?;
     }
     // Wait for the last replies, then close.
     if window.acquire_many(64).await.is_err() {

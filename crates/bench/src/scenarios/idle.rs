@@ -48,6 +48,7 @@ pub async fn run(settings: Idle) -> anyhow::Result<Value> {
     let rss = |pids: &[u32]| pids.iter().filter_map(|pid| rss_bytes(*pid)).sum::<u64>();
     let before = rss(&settings.target.pids);
     let tokens = settings.target.tokens();
+    let encoding = settings.target.encoding;
     let gate = Arc::new(Semaphore::new(settings.connect_concurrency.max(1)));
     let started = std::time::Instant::now();
     let (stop, stopped) = watch::channel(false);
@@ -60,8 +61,8 @@ pub async fn run(settings: Idle) -> anyhow::Result<Value> {
         let (gate, stopped, closed) = (gate.clone(), stopped.clone(), closed.clone());
         setups.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await?;
-            let mut socket = lean::open(&url, source, &token).await?;
-            lean::subscribe(&mut socket, 2, &channel).await?;
+            let mut socket = lean::open(&url, source, &token, encoding).await?;
+            lean::subscribe(&mut socket, encoding, 2, &channel).await?;
             drop(permit);
             anyhow::Ok(tokio::spawn(hold(socket, stopped, closed)))
         }));

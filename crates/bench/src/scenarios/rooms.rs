@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use clap::Args;
 use serde_json::{json, Value};
+use switchboard_protocol::Encoding;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::Semaphore,
@@ -60,6 +61,7 @@ fn user_id(run: u64, n: usize) -> String {
 /// When setting up fails.
 pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     let tokens = settings.target.tokens();
+    let encoding = settings.target.encoding;
     let run = lean::now_micros();
     let gate = Arc::new(Semaphore::new(256));
     let groups = settings.clients.div_ceil(GROUP).max(1);
@@ -70,9 +72,9 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
         let gate = gate.clone();
         setups.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let mut socket = lean::open(&url, source, &token).await?;
+            let mut socket = lean::open(&url, source, &token, encoding).await?;
             let room = format!("bench:room-{}", n / GROUP);
-            let top = lean::subscribe(&mut socket, 2, &room).await?;
+            let top = lean::subscribe(&mut socket, encoding, 2, &room).await?;
             anyhow::Ok((socket, HashMap::from([(room, top), (format!("user:{}", user_id(run, n)), 0)])))
         }));
     }
@@ -124,7 +126,8 @@ async fn publish_groups(
     groups: usize,
     token: String,
 ) -> anyhow::Result<HashMap<String, u64>> {
-    let mut socket = lean::open(settings.target.url(0), settings.target.source(0), &token).await?;
+    let mut socket =
+        lean::open(settings.target.url(0), settings.target.source(0), &token, Encoding::Json).await?;
     let mut last = HashMap::new();
     if settings.group_rate == 0 {
         return Ok(last);
@@ -140,12 +143,13 @@ async fn publish_groups(
         let room = format!("bench:room-{}", id as usize % groups);
         lean::send(
             &mut socket,
+            Encoding::Json,
             id,
             "publish",
             json!({"channel": room, "data": lean::payload(settings.payload)}),
         )
         .await?;
-        let reply = lean::reply(&mut socket, id).await?;
+        let reply = lean::reply(&mut socket, Encoding::Json, id).await?;
         let offset =
             reply["result"]["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("publish refused: {reply}"))?;
         last.insert(room, offset);
