@@ -54,6 +54,10 @@ impl Tokens {
     }
 }
 
+/// How long opening a connection (TCP, then the WebSocket handshake) may take, each step:
+/// every run is bounded in time, even against a node that accepts and never answers.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens a WebSocket to `url` from `source` (a loopback address, to spread ephemeral
 /// ports over several source IPs) speaking `encoding`, and sends `connect`.
 ///
@@ -74,10 +78,15 @@ pub async fn open(
     if let Some(source) = source {
         socket.bind((source, 0).into())?;
     }
-    let stream = socket.connect(address).await?;
+    let stream = tokio::time::timeout(OPEN_TIMEOUT, socket.connect(address))
+        .await
+        .with_context(|| format!("no TCP connection to {address} in {OPEN_TIMEOUT:?}"))??;
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let (mut socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+    let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
+    let (mut socket, _) = tokio::time::timeout(OPEN_TIMEOUT, handshake)
+        .await
+        .with_context(|| format!("no WebSocket handshake from {address} in {OPEN_TIMEOUT:?}"))??;
     send(&mut socket, encoding, 1, "connect", json!({ "token": token })).await?;
     let reply = reply(&mut socket, encoding, 1).await?;
     if reply.get("error").is_some() {

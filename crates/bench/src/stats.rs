@@ -105,22 +105,58 @@ pub fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum()
 }
 
-/// Prints a two-column table and the final JSON line.
+/// Gateway CPU seconds per million deliveries, to three decimals (0 without deliveries):
+/// the figure that transfers between machines better than a rate.
+pub fn cpu_per_million(cpu_seconds: f64, deliveries: u64) -> f64 {
+    if deliveries == 0 {
+        return 0.0;
+    }
+    (cpu_seconds * 1e9 / deliveries as f64).round() / 1000.0
+}
+
+/// Prints a two-column table (nested objects flattened to `outer.inner` rows) and the
+/// final JSON line.
 pub fn report(scenario: &str, result: &Value) {
     println!("scenario: {scenario}");
-    if let Some(object) = result.as_object() {
-        for (key, value) in object {
-            println!("  {key:<28} {value}");
-        }
+    for (key, value) in table_rows("", result) {
+        println!("  {key:<36} {value}");
     }
     let mut line = result.clone();
     line["scenario"] = Value::String(scenario.into());
     println!("{line}");
 }
 
+/// One `(key, value)` row per leaf of `value`, keys joined with dots.
+fn table_rows(prefix: &str, value: &Value) -> Vec<(String, String)> {
+    match value.as_object() {
+        Some(object) => object
+            .iter()
+            .flat_map(|(key, inner)| {
+                let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                table_rows(&key, inner)
+            })
+            .collect(),
+        None => vec![(prefix.to_string(), value.to_string())],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_flatten_nested_objects() {
+        let rows = table_rows("", &serde_json::json!({"a": 1, "latency": {"p50_ms": 2.5, "max_ms": 9}}));
+        let keys: Vec<&str> = rows.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["a", "latency.max_ms", "latency.p50_ms"]);
+        assert_eq!(rows[2].1, "2.5");
+    }
+
+    #[test]
+    fn cpu_per_million_rounds_and_guards_zero() {
+        assert_eq!(cpu_per_million(1.5, 2_000_000), 0.75);
+        assert_eq!(cpu_per_million(1.0, 0), 0.0);
+    }
 
     #[test]
     fn a_reordering_is_counted_once_as_such_not_as_loss_and_duplicate() {

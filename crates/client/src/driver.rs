@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -61,6 +62,8 @@ pub(crate) struct Driver {
     state: watch::Sender<ConnectionState>,
     personal: Channel,
     personal_name: Option<String>,
+    /// Shared with the application's personal [`crate::Subscription`], named on first connect.
+    personal_channel: Arc<OnceLock<String>>,
     channels: HashMap<String, Channel>,
     waiting: Vec<(String, oneshot::Sender<Result<(), ClientError>>)>,
     attempt: u32,
@@ -74,6 +77,7 @@ impl Driver {
         requests: mpsc::Receiver<Request>,
         state: watch::Sender<ConnectionState>,
         personal: mpsc::Sender<Event>,
+        personal_channel: Arc<OnceLock<String>>,
     ) -> Driver {
         Driver {
             config,
@@ -81,6 +85,7 @@ impl Driver {
             state,
             personal: Channel { events: personal, position: None, token: None },
             personal_name: None,
+            personal_channel,
             channels: HashMap::new(),
             waiting: Vec::new(),
             attempt: 0,
@@ -211,6 +216,7 @@ impl Driver {
         });
         if let Some(personal) = result.subscriptions.into_iter().next() {
             self.personal_name = Some(personal.channel.clone());
+            let _ = self.personal_channel.set(personal.channel.clone());
             apply_subscribed(&mut self.personal, &personal).await;
         }
         // Resubscribe every channel from its position; new subscriptions made while

@@ -30,7 +30,7 @@ mod driver;
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -191,14 +191,17 @@ pub(crate) enum Request {
 
 /// A subscription's events, in order.
 pub struct Subscription {
-    channel: String,
+    /// Set at creation, except for the personal channel, whose name (`user:<sub>`) the
+    /// server announces in the first connect reply.
+    channel: Arc<OnceLock<String>>,
     events: mpsc::Receiver<Event>,
 }
 
 impl Subscription {
-    /// The channel.
+    /// The channel. For the personal subscription returned by [`Client::connect`] this is
+    /// empty until the first connection is established, then `user:<sub>`.
     pub fn channel(&self) -> &str {
-        &self.channel
+        self.channel.get().map_or("", String::as_str)
     }
 
     /// The next event; `None` when the subscription ended.
@@ -233,8 +236,11 @@ impl Client {
         let (state_tx, state) = watch::channel(ConnectionState::Connecting);
         let (timeout, buffer) = (config.request_timeout, config.subscription_buffer.max(1));
         let (personal_tx, personal_rx) = mpsc::channel(buffer);
-        tokio::spawn(driver::Driver::new(config, requests_rx, state_tx, personal_tx).run());
-        let personal = Subscription { channel: "user:<self>".into(), events: personal_rx };
+        let personal_channel = Arc::new(OnceLock::new());
+        tokio::spawn(
+            driver::Driver::new(config, requests_rx, state_tx, personal_tx, personal_channel.clone()).run(),
+        );
+        let personal = Subscription { channel: personal_channel, events: personal_rx };
         (Client { requests, state, timeout, buffer }, personal)
     }
 
@@ -293,7 +299,7 @@ impl Client {
         let (reply, answer) = oneshot::channel();
         let request = Request::Subscribe { channel: channel.to_string(), events: events_tx, token, reply };
         self.send(request, answer).await?;
-        Ok(Subscription { channel: channel.to_string(), events })
+        Ok(Subscription { channel: Arc::new(OnceLock::from(channel.to_string())), events })
     }
 
     /// Leaves `channel`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fixture::{cluster::start_nodes, cluster::SERIAL, config, connect_url, TestServer};
 use serde_json::json;
 use switchboard_client::{static_token, Backoff, Client, ClientConfig, ConnectionState, Event, Subscription};
-use switchboard_protocol::{Code, Encoding};
+use switchboard_protocol::{Code, Encoding, StreamPosition};
 use switchboard_testkit::{Persistence, RedisServer};
 
 fn client_config(urls: Vec<String>, user: &str, encoding: Encoding) -> ClientConfig {
@@ -248,4 +248,138 @@ async fn client_asks_for_a_fresh_subscription_token_on_every_subscribe() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     client.close().await;
     second.shutdown().await;
+}
+
+/// The connection-token provider is asked at connect, again when the server pushes
+/// `refresh` (and the refreshed token keeps the connection open past the first token's
+/// expiry), and again at the reconnect after a node goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_asks_for_a_fresh_connection_token_on_refresh_and_on_reconnect() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    use switchboard_client::TokenProvider;
+    use switchboard_gateway::auth::{unix_now, Claims};
+
+    let mut short_lived = config();
+    short_lived.auth.refresh_ahead_secs = 2;
+    short_lived.auth.expired_grace_secs = 0;
+    let first = TestServer::start(short_lived.clone()).await;
+    let second = TestServer::start(short_lived).await;
+    let first_expiry = unix_now() + 3;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let provider: TokenProvider = {
+        let calls = calls.clone();
+        Arc::new(move || {
+            // The first token expires in 3 s; every later one lasts an hour.
+            let exp =
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 { first_expiry } else { unix_now() + 3600 };
+            let claims = Claims { sub: Some("refresher".into()), exp: Some(exp), ..Claims::default() };
+            Box::pin(async move { Ok(fixture::token_with(claims)) })
+        })
+    };
+    let mut config = client_config(vec![first.url(), second.url()], "refresher", Encoding::Json);
+    config.token = provider;
+    let (client, _personal) = Client::connect(config);
+    client.wait_connected().await.unwrap();
+    let ConnectionState::Connected { node: first_node, .. } = client.state().borrow().clone() else {
+        panic!("not connected")
+    };
+    let mut state = client.state();
+    state.borrow_and_update();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    tokio::time::timeout(fixture::WAIT, async {
+        while calls.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the refresh push asked the provider again");
+    // Past the first token's expiry (grace 0): had the refresh not been applied, the
+    // server would have closed the connection and the state would have changed.
+    let past_expiry = Duration::from_secs((first_expiry + 2).saturating_sub(unix_now()));
+    tokio::time::sleep(past_expiry).await;
+    assert!(!state.has_changed().unwrap(), "connection changed: {:?}", *state.borrow());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    first.shutdown().await;
+    tokio::time::timeout(fixture::WAIT, async {
+        loop {
+            state.changed().await.unwrap();
+            if let ConnectionState::Connected { node, .. } = &*state.borrow_and_update() {
+                if *node != first_node {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("reconnected to the second node");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "a reconnect asks for a fresh token");
+    client.close().await;
+    second.shutdown().await;
+}
+
+/// Join and leave events, presence, and acknowledgements through the SDK: a second device
+/// of the same user gets only what the first did not acknowledge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sees_join_leave_presence_and_acknowledges_notifications() {
+    let server = TestServer::start(config()).await;
+    let url = vec![server.url()];
+
+    let (alice, _) = Client::connect(client_config(url.clone(), "alice", Encoding::Json));
+    let mut room = alice.subscribe("open:room").await.unwrap();
+    assert!(matches!(room.next().await, Some(Event::Subscribed { .. })));
+    let own_join = tokio::time::timeout(fixture::WAIT, room.next()).await.unwrap();
+    assert!(matches!(&own_join, Some(Event::Join(info)) if info.user == "alice"), "{own_join:?}");
+
+    let (bob, _) = Client::connect(client_config(url.clone(), "bob", Encoding::MsgPack));
+    let _bob_room = bob.subscribe("open:room").await.unwrap();
+    let join = tokio::time::timeout(fixture::WAIT, room.next()).await.unwrap();
+    let Some(Event::Join(bob_info)) = join else { panic!("expected bob's join, got {join:?}") };
+    assert_eq!(bob_info.user, "bob");
+    let presence = alice.presence("open:room").await.unwrap().to_string();
+    assert!(presence.contains("\"alice\"") && presence.contains("\"bob\""), "{presence}");
+    bob.close().await;
+    let leave = tokio::time::timeout(fixture::WAIT, room.next()).await.unwrap();
+    assert_eq!(leave, Some(Event::Leave(bob_info)));
+
+    for n in 1..=3 {
+        server.backend_publish("user:carol", "notification", json!({"n": n})).await;
+    }
+    let (phone, mut bell) = Client::connect(client_config(url.clone(), "carol", Encoding::Json));
+    let mut offsets = Vec::new();
+    let mut second = None;
+    while offsets.len() < 3 {
+        match next(&mut bell).await {
+            Event::Publication(p) => {
+                offsets.push(p.offset.unwrap());
+                if p.offset == Some(2) {
+                    second = Some(StreamPosition { offset: 2, epoch: p.epoch.clone().unwrap() });
+                }
+            }
+            Event::Subscribed { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(offsets, [1, 2, 3]);
+    assert_eq!(bell.channel(), "user:carol");
+    phone.ack("user:carol", &second.unwrap()).await.unwrap();
+    phone.close().await;
+
+    // Another device, no position of its own: only the unacknowledged notification.
+    let (laptop, mut bell) = Client::connect(client_config(url, "carol", Encoding::Json));
+    match next(&mut bell).await {
+        Event::Subscribed { offset, recovered, .. } => assert_eq!((offset, recovered), (3, Some(true))),
+        other => panic!("expected the personal subscribe, got {other:?}"),
+    }
+    match next(&mut bell).await {
+        Event::Publication(p) => assert_eq!((p.offset, p.data), (Some(3), json!({"n": 3}))),
+        other => panic!("expected offset 3, got {other:?}"),
+    }
+    laptop.close().await;
+    alice.close().await;
+    server.shutdown().await;
 }

@@ -65,6 +65,7 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
     }
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut failures = 0u64;
+    let mut first_error: Option<String> = None;
     let mut held = Vec::new();
     for attempt in attempts {
         match attempt.await? {
@@ -72,7 +73,10 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
                 latency.record(took.as_micros().max(1) as u64)?;
                 held.extend(socket);
             }
-            Err(_) => failures += 1,
+            Err(error) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -89,6 +93,7 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
         "churn": settings.churn,
         "succeeded": succeeded,
         "failed": failures,
+        "first_error": first_error,
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "connections_per_second": (succeeded as f64 / elapsed).round(),
         "connect_latency": {"p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": latency.max() as f64 / 1000.0},

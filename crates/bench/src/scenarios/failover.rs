@@ -1,6 +1,11 @@
 //! `failover`: kill one of K nodes under load (`kill -9` of its pid) and measure how long
-//! each client takes to be back and recovered, and that nothing was lost or duplicated.
-//! Clients use `switchboard-client`, so this also measures the SDK's reconnect path.
+//! each client takes to be back and recovered, and that nothing was lost, duplicated or
+//! reordered. Clients use `switchboard-client`, so this also measures the SDK's reconnect
+//! path.
+//!
+//! "Recovered" is the moment a client that lost its connection has received every
+//! publication up to the channel's top offset at its resubscribe (the `offset` of its
+//! `Subscribed` event): back on a node *and* caught up, not merely resubscribed.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +14,14 @@ use serde_json::{json, Value};
 use switchboard_client::{static_token, Backoff, Client, ClientConfig, Event};
 use switchboard_protocol::Encoding;
 
-use crate::{lean, target::Target};
+use crate::{
+    lean,
+    stats::{cpu_per_million, cpu_seconds, total_cpu},
+    target::Target,
+};
+
+/// How long a subscriber may take to connect and subscribe during setup.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the failover scenario.
 #[derive(Debug, Clone, Args)]
@@ -56,8 +68,13 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         config.urls = rotated;
         config.backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
         let (client, _personal) = Client::connect(config);
-        client.wait_connected().await?;
-        let mut subscription = client.subscribe(&settings.channel).await?;
+        let setup = async {
+            client.wait_connected().await?;
+            client.subscribe(&settings.channel).await
+        };
+        let mut subscription = tokio::time::timeout(SETUP_TIMEOUT, setup)
+            .await
+            .map_err(|_| anyhow::anyhow!("subscriber {n} not subscribed within {SETUP_TIMEOUT:?}"))??;
         let killed = kill_rx.clone();
         let mut state = client.state();
         state.borrow_and_update();
@@ -74,23 +91,24 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
                     }
                 };
                 let Ok(Some(event)) = event else { break };
-                let (offsets, recovered_after, not_recovered) =
-                    (&mut reader.offsets, &mut reader.recovered_after, &mut reader.not_recovered);
                 match event {
-                    Event::Publication(publication) => offsets.extend(publication.offset),
+                    Event::Publication(publication) => {
+                        if let Some(offset) = publication.offset {
+                            reader.offsets.push(offset);
+                        }
+                    }
                     Event::Subscribed { recovered: None, offset, .. } => {
                         reader.start.get_or_insert(offset);
                     }
-                    Event::Subscribed { recovered: Some(recovered), .. } => {
+                    Event::Subscribed { recovered: Some(recovered), offset, .. } => {
                         if !recovered {
-                            *not_recovered += 1;
+                            reader.not_recovered += 1;
                         }
-                        if let Some(at) = *killed.borrow() {
-                            recovered_after.get_or_insert(at.elapsed());
-                        }
+                        reader.catch_up_to = Some(offset);
                     }
                     _ => {}
                 }
+                reader.note_caught_up(*killed.borrow());
             }
             drop(client);
             reader
@@ -103,8 +121,14 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
     let interval = Duration::from_secs_f64(1.0 / settings.rate.max(1) as f64);
     let mut next = tokio::time::Instant::now();
     let (mut id, mut last_offset, mut killed) = (1u64, 0u64, false);
+    let cpu_before = total_cpu(&settings.target.pids);
+    // The killed node's CPU up to the kill; its /proc entry is gone afterwards.
+    let mut killed_node_cpu = 0.0;
     while started.elapsed().as_secs_f64() < settings.duration {
         if !killed && started.elapsed().as_secs_f64() >= settings.kill_after {
+            if settings.target.pids.contains(&settings.kill_pid) {
+                killed_node_cpu = cpu_seconds(settings.kill_pid).unwrap_or(0.0);
+            }
             std::process::Command::new("kill").args(["-9", &settings.kill_pid.to_string()]).status()?;
             kill_tx.send_replace(Some(Instant::now()));
             killed = true;
@@ -123,16 +147,21 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         let reply = lean::reply(&mut socket, Encoding::Json, id).await?;
         last_offset = reply["result"]["offset"].as_u64().unwrap_or(last_offset);
     }
-    let (mut lost, mut duplicates, mut not_recovered, mut times) = (0u64, 0u64, 0u64, Vec::new());
-    let mut disconnected = 0usize;
+    let (mut lost, mut duplicates, mut out_of_order, mut not_recovered) = (0u64, 0u64, 0u64, 0u64);
+    let (mut times, mut disconnected, mut deliveries) = (Vec::new(), 0usize, 0u64);
     for reader in readers {
         let reader = reader.await?;
         let mut seen = std::collections::HashSet::new();
+        let mut highest = 0;
         for offset in &reader.offsets {
             if !seen.insert(*offset) {
                 duplicates += 1;
+            } else if *offset < highest {
+                out_of_order += 1;
             }
+            highest = highest.max(*offset);
         }
+        deliveries += reader.offsets.len() as u64;
         // Publications before this client subscribed are not its to receive.
         let first = reader.start.unwrap_or(0) + 1;
         lost += (first..=last_offset).filter(|o| !seen.contains(o)).count() as u64;
@@ -145,6 +174,9 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).map(|d| d.as_secs_f64())
     };
     let within_5s = times.iter().filter(|d| **d <= Duration::from_secs(5)).count();
+    let survivors: Vec<u32> =
+        settings.target.pids.iter().copied().filter(|pid| *pid != settings.kill_pid).collect();
+    let cpu = total_cpu(&survivors) + killed_node_cpu - cpu_before;
     Ok(json!({
         "nodes": urls.len(),
         "subscribers": settings.subscribers,
@@ -158,7 +190,11 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         "reconnected_within_5s_fraction": (disconnected > 0).then(|| within_5s as f64 / disconnected as f64),
         "lost": lost,
         "duplicates": duplicates,
+        "out_of_order": out_of_order,
         "not_recovered": not_recovered,
+        "deliveries": deliveries,
+        "gateway_cpu_seconds": (cpu * 1000.0).round() / 1000.0,
+        "cpu_seconds_per_million_deliveries": cpu_per_million(cpu, deliveries),
     }))
 }
 
@@ -168,7 +204,24 @@ struct Reader {
     /// The channel's top offset when it subscribed.
     start: Option<u64>,
     offsets: Vec<u64>,
+    /// The channel's top offset at the resubscribe after the connection was lost.
+    catch_up_to: Option<u64>,
+    /// From the kill until caught up to `catch_up_to`.
     recovered_after: Option<Duration>,
     not_recovered: u64,
     disconnected: bool,
+}
+
+impl Reader {
+    /// Records the recovery time once the resubscribed client holds every publication up
+    /// to the top at its resubscribe (it already does when nothing was missed).
+    fn note_caught_up(&mut self, killed_at: Option<Instant>) {
+        let (Some(target), Some(killed_at), None) = (self.catch_up_to, killed_at, self.recovered_after)
+        else {
+            return;
+        };
+        if self.offsets.last().is_some_and(|last| *last >= target) || self.offsets.is_empty() && target == 0 {
+            self.recovered_after = Some(killed_at.elapsed());
+        }
+    }
 }

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     lean, reader,
-    stats::{total_cpu, Deliveries},
+    stats::{cpu_per_million, total_cpu, Deliveries},
     target::Target,
 };
 
@@ -125,7 +125,7 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         "duplicates": total.duplicates,
         "out_of_order": total.out_of_order,
         "gateway_cpu_seconds": round(cpu),
-        "cpu_seconds_per_million_deliveries": if total.received > 0 { round(cpu * 1e6 / total.received as f64) } else { 0.0 },
+        "cpu_seconds_per_million_deliveries": cpu_per_million(cpu, total.received),
     }))
 }
 

@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     lean, reader,
-    stats::{total_cpu, Deliveries},
+    stats::{cpu_per_million, total_cpu, Deliveries},
     target::Target,
 };
 
@@ -117,6 +117,7 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
         "duplicates": total.duplicates,
         "out_of_order": total.out_of_order,
         "gateway_cpu_seconds": (cpu * 1000.0).round() / 1000.0,
+        "cpu_seconds_per_million_deliveries": cpu_per_million(cpu, total.received),
     }))
 }
 
