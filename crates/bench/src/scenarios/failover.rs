@@ -120,7 +120,7 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / settings.rate.max(1) as f64);
     let mut next = tokio::time::Instant::now();
-    let (mut id, mut last_offset, mut killed) = (1u64, 0u64, false);
+    let (mut id, mut last_offset, mut published, mut killed) = (1u64, 0u64, 0u64, false);
     let cpu_before = total_cpu(&settings.target.pids);
     // The killed node's CPU up to the kill; its /proc entry is gone afterwards.
     let mut killed_node_cpu = 0.0;
@@ -145,7 +145,10 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
         )
         .await?;
         let reply = lean::reply(&mut socket, Encoding::Json, id).await?;
-        last_offset = reply["result"]["offset"].as_u64().unwrap_or(last_offset);
+        if let Some(offset) = reply["result"]["offset"].as_u64() {
+            last_offset = offset;
+            published += 1;
+        }
     }
     let (mut lost, mut duplicates, mut out_of_order, mut not_recovered) = (0u64, 0u64, 0u64, 0u64);
     let (mut times, mut disconnected, mut deliveries) = (Vec::new(), 0usize, 0u64);
@@ -180,7 +183,8 @@ pub async fn run(settings: Failover) -> anyhow::Result<Value> {
     Ok(json!({
         "nodes": urls.len(),
         "subscribers": settings.subscribers,
-        "published": last_offset,
+        "published": published,
+        "last_offset": last_offset,
         "disconnected_clients": disconnected,
         "reconnected_clients": times.len(),
         "recovery_p50_s": quantile(0.5),

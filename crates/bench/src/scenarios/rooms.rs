@@ -93,9 +93,10 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     let started = std::time::Instant::now();
     let groups_task = tokio::spawn(publish_groups(settings.clone(), groups, tokens.mint("room-publisher")?));
     let personal_task = tokio::spawn(publish_personal(settings.clone(), run));
-    let mut expected = groups_task.await??;
-    expected.extend(personal_task.await??);
-    let published: u64 = expected.values().sum();
+    let (group_count, mut expected) = groups_task.await??;
+    let (personal_count, personal_last) = personal_task.await??;
+    expected.extend(personal_last);
+    let published = group_count + personal_count;
     let expected = Arc::new(expected);
     for end in ends {
         let _ = end.send(expected.clone());
@@ -121,17 +122,17 @@ pub async fn run(settings: Rooms) -> anyhow::Result<Value> {
     }))
 }
 
-/// Publishes round-robin into the groups; returns the last offset per group channel.
-async fn publish_groups(
-    settings: Rooms,
-    groups: usize,
-    token: String,
-) -> anyhow::Result<HashMap<String, u64>> {
+/// How many publications a publisher made in this run, and the last offset it got per
+/// channel (group channels outlive a run, so their offsets do not start at 1).
+type Published = (u64, HashMap<String, u64>);
+
+/// Publishes round-robin into the groups.
+async fn publish_groups(settings: Rooms, groups: usize, token: String) -> anyhow::Result<Published> {
     let mut socket =
         lean::open(settings.target.url(0), settings.target.source(0), &token, Encoding::Json).await?;
-    let mut last = HashMap::new();
+    let (mut count, mut last) = (0, HashMap::new());
     if settings.group_rate == 0 {
-        return Ok(last);
+        return Ok((count, last));
     }
     let interval = Duration::from_secs_f64(1.0 / settings.group_rate as f64);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
@@ -154,17 +155,17 @@ async fn publish_groups(
         let offset =
             reply["result"]["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("publish refused: {reply}"))?;
         last.insert(room, offset);
+        count += 1;
     }
-    Ok(last)
+    Ok((count, last))
 }
 
-/// Publishes to personal channels through the HTTP API; returns the last offset per
-/// personal channel.
-async fn publish_personal(settings: Rooms, run: u64) -> anyhow::Result<HashMap<String, u64>> {
-    let mut last = HashMap::new();
-    let Some(api) = settings.api.clone() else { return Ok(last) };
+/// Publishes to personal channels through the HTTP API.
+async fn publish_personal(settings: Rooms, run: u64) -> anyhow::Result<Published> {
+    let (mut count, mut last) = (0, HashMap::new());
+    let Some(api) = settings.api.clone() else { return Ok((count, last)) };
     if settings.personal_rate == 0 {
-        return Ok(last);
+        return Ok((count, last));
     }
     let interval = Duration::from_secs_f64(1.0 / settings.personal_rate as f64);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
@@ -180,12 +181,20 @@ async fn publish_personal(settings: Rooms, run: u64) -> anyhow::Result<HashMap<S
         let response = post(&api, "/api/v1/users/publish", &settings.api_key, &body).await?;
         let offset = response["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("API refused: {response}"))?;
         last.insert(format!("user:{user}"), offset);
+        count += 1;
     }
-    Ok(last)
+    Ok((count, last))
 }
 
-/// A minimal HTTP/1.1 POST of a JSON body; returns the JSON response body.
+/// A minimal HTTP/1.1 POST of a JSON body; returns the JSON response body. Bounded by
+/// [`lean::OPEN_TIMEOUT`] like every other exchange of the load generator.
 async fn post(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
+    tokio::time::timeout(lean::OPEN_TIMEOUT, post_unbounded(address, path, key, body))
+        .await
+        .map_err(|_| anyhow::anyhow!("no HTTP response from {address} in {:?}", lean::OPEN_TIMEOUT))?
+}
+
+async fn post_unbounded(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
     let mut stream = tokio::net::TcpStream::connect(address).await?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
