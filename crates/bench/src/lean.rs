@@ -54,9 +54,10 @@ impl Tokens {
     }
 }
 
-/// How long opening a connection (TCP, then the WebSocket handshake) may take, each step:
-/// every run is bounded in time, even against a node that accepts and never answers.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long any one exchange may take: a TCP connect, a WebSocket handshake, a reply, an
+/// HTTP call. Every run is bounded in time, even against a node that accepts and never
+/// answers.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens a WebSocket to `url` from `source` (a loopback address, to spread ephemeral
 /// ports over several source IPs) speaking `encoding`, and sends `connect`.
@@ -78,15 +79,15 @@ pub async fn open(
     if let Some(source) = source {
         socket.bind((source, 0).into())?;
     }
-    let stream = tokio::time::timeout(OPEN_TIMEOUT, socket.connect(address))
+    let stream = tokio::time::timeout(EXCHANGE_TIMEOUT, socket.connect(address))
         .await
-        .with_context(|| format!("no TCP connection to {address} in {OPEN_TIMEOUT:?}"))??;
+        .with_context(|| format!("no TCP connection to {address} in {EXCHANGE_TIMEOUT:?}"))??;
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
     let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
-    let (mut socket, _) = tokio::time::timeout(OPEN_TIMEOUT, handshake)
+    let (mut socket, _) = tokio::time::timeout(EXCHANGE_TIMEOUT, handshake)
         .await
-        .with_context(|| format!("no WebSocket handshake from {address} in {OPEN_TIMEOUT:?}"))??;
+        .with_context(|| format!("no WebSocket handshake from {address} in {EXCHANGE_TIMEOUT:?}"))??;
     send(&mut socket, encoding, 1, "connect", json!({ "token": token })).await?;
     let reply = reply(&mut socket, encoding, 1).await?;
     if reply.get("error").is_some() {
@@ -143,12 +144,12 @@ pub fn decode_reply(encoding: Encoding, message: &Message) -> anyhow::Result<Opt
 /// Reads frames until the reply to `id`, returning it (other frames are dropped).
 ///
 /// # Errors
-/// When the socket closes first or nothing arrives for 30 s.
+/// When the socket closes first or nothing arrives for [`EXCHANGE_TIMEOUT`].
 pub async fn reply(socket: &mut Socket, encoding: Encoding, id: u64) -> anyhow::Result<Value> {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
+        let message = tokio::time::timeout(EXCHANGE_TIMEOUT, socket.next())
             .await
-            .context("no reply in 30 s")?
+            .with_context(|| format!("no reply in {EXCHANGE_TIMEOUT:?}"))?
             .context("socket closed")??;
         if let Some(reply) = decode_reply(encoding, &message)? {
             if reply["id"] == id {

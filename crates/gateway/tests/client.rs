@@ -5,11 +5,20 @@
 
 mod fixture;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use fixture::{cluster::start_nodes, cluster::SERIAL, config, connect_url, TestServer};
 use serde_json::json;
-use switchboard_client::{static_token, Backoff, Client, ClientConfig, ConnectionState, Event, Subscription};
+use switchboard_client::{
+    static_token, Backoff, Client, ClientConfig, ConnectionState, Event, Subscription, TokenProvider,
+};
+use switchboard_gateway::auth::{unix_now, Claims};
 use switchboard_protocol::{Code, Encoding, StreamPosition};
 use switchboard_testkit::{Persistence, RedisServer};
 
@@ -209,12 +218,7 @@ async fn client_reads_a_subscription_as_a_stream_and_pages_history() {
 /// resubscribe after a reconnect: the provider is asked again each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_asks_for_a_fresh_subscription_token_on_every_subscribe() {
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    };
-    use switchboard_client::{ClientError, TokenProvider};
-    use switchboard_gateway::auth::{unix_now, Claims};
+    use switchboard_client::ClientError;
 
     let first = TestServer::start(config()).await;
     let second = TestServer::start(config()).await;
@@ -255,13 +259,6 @@ async fn client_asks_for_a_fresh_subscription_token_on_every_subscribe() {
 /// expiry), and again at the reconnect after a node goes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_asks_for_a_fresh_connection_token_on_refresh_and_on_reconnect() {
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    };
-    use switchboard_client::TokenProvider;
-    use switchboard_gateway::auth::{unix_now, Claims};
-
     let mut short_lived = config();
     short_lived.auth.refresh_ahead_secs = 2;
     short_lived.auth.expired_grace_secs = 0;

@@ -224,7 +224,7 @@ impl Reader {
         else {
             return;
         };
-        if self.offsets.last().is_some_and(|last| *last >= target) || self.offsets.is_empty() && target == 0 {
+        if self.offsets.last().copied().unwrap_or(0) >= target {
             self.recovered_after = Some(killed_at.elapsed());
         }
     }

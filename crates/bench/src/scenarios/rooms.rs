@@ -187,14 +187,14 @@ async fn publish_personal(settings: Rooms, run: u64) -> anyhow::Result<Published
 }
 
 /// A minimal HTTP/1.1 POST of a JSON body; returns the JSON response body. Bounded by
-/// [`lean::OPEN_TIMEOUT`] like every other exchange of the load generator.
+/// [`lean::EXCHANGE_TIMEOUT`] like every other exchange of the load generator.
 async fn post(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
-    tokio::time::timeout(lean::OPEN_TIMEOUT, post_unbounded(address, path, key, body))
+    tokio::time::timeout(lean::EXCHANGE_TIMEOUT, post_without_deadline(address, path, key, body))
         .await
-        .map_err(|_| anyhow::anyhow!("no HTTP response from {address} in {:?}", lean::OPEN_TIMEOUT))?
+        .map_err(|_| anyhow::anyhow!("no HTTP response from {address} in {:?}", lean::EXCHANGE_TIMEOUT))?
 }
 
-async fn post_unbounded(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
+async fn post_without_deadline(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
     let mut stream = tokio::net::TcpStream::connect(address).await?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
