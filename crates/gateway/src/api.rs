@@ -25,7 +25,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_protocol::{channel::personal, ClientInfo, Code, StreamPosition};
+use switchboard_protocol::{channel::personal, reply::HistoryResult, ClientInfo, Code, StreamPosition};
 
 use crate::{
     broker::{BrokerError, Control, NewPublication, Since},
@@ -399,7 +399,7 @@ async fn presence_stats(
 async fn history(
     State(node): State<Arc<Node>>,
     params: Result<Query<ChannelQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = query(params)?;
     let namespace = node.rules.resolve(&params.channel)?;
     if namespace.config.history_size == 0 {
@@ -412,14 +412,14 @@ async fn history(
         (None, None) => Since::Latest,
         _ => return Err(ApiError::Malformed("give both since_offset and since_epoch, or neither".into())),
     };
-    let page = node.broker.history(&params.channel, since, limit, namespace.stream).await?;
-    let mut publications = Vec::with_capacity(page.publications.len());
-    for publication in &page.publications {
-        let data: serde_json::Value =
-            serde_json::from_str(publication.data.get()).map_err(|e| ApiError::Malformed(e.to_string()))?;
-        publications.push(wire_publication(publication, data));
-    }
-    Ok(Json(serde_json::json!({"epoch": &*page.epoch, "offset": page.top, "publications": publications})))
+    // Paged like the WebSocket `history`: at most half the outbound budget of payloads per
+    // response, `more: true` when the rest must be asked for with `since_*`.
+    let budget = node.config.limits.outbound_queue_bytes / 2;
+    let page = node.broker.history(&params.channel, since, limit, budget, namespace.stream).await?;
+    let publications = page.publications.iter().map(|p| wire_publication(p, &*p.data)).collect();
+    let result =
+        HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications, more: page.truncated };
+    Ok(Json(result).into_response())
 }
 
 async fn channels(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {

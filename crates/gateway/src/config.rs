@@ -79,6 +79,10 @@ pub struct NodeConfig {
     /// milliseconds; each client gets a uniformly jittered value in `[0, this]` so that
     /// they do not all reconnect at once. Default 5000.
     pub shutdown_reconnect_jitter_ms: u64,
+    /// Run jemalloc's background thread, which returns freed memory to the OS within
+    /// seconds (dirty pages decay on a timer instead of on the next allocation). Costs one
+    /// mostly sleeping thread. Default true.
+    pub allocator_background_thread: bool,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +92,7 @@ impl Default for NodeConfig {
             name: None,
             shutdown_timeout_ms: 10_000,
             shutdown_reconnect_jitter_ms: 5_000,
+            allocator_background_thread: true,
         }
     }
 }
@@ -119,6 +124,11 @@ pub struct BrokerConfig {
     /// Redis: idempotency keys of HTTP/publisher publishes are remembered this long, in
     /// seconds. Default 300.
     pub idempotency_ttl_secs: u64,
+    /// How long the stream metadata (epoch) that a read (`subscribe`, `history`) creates
+    /// for a channel that was never published to is kept, in seconds. Reads must not leave
+    /// lasting state behind; a subscriber that reconnects after this, with nothing
+    /// published meanwhile, is told `recovered: false`. Default 600.
+    pub unpublished_stream_ttl_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -132,6 +142,7 @@ impl Default for BrokerConfig {
             command_timeout_ms: 3_000,
             node_heartbeat_ms: 2_000,
             idempotency_ttl_secs: 300,
+            unpublished_stream_ttl_secs: 600,
         }
     }
 }
@@ -257,6 +268,16 @@ pub struct LimitsConfig {
     /// Per-connection WebSocket write buffer, in bytes; writes are coalesced up to this
     /// size before a flush. Default 16384.
     pub write_buffer_bytes: usize,
+    /// Deepest nesting of a publication's `data` (`[[1]]` is 2 levels); deeper is answered
+    /// with 103 `bad_request` on every path (WebSocket, HTTP API). At most 100. Default 64.
+    pub max_nesting_depth: usize,
+    /// How long a new TCP connection may take to send its HTTP request headers (the
+    /// WebSocket upgrade or an API call), in milliseconds; slower connections are dropped.
+    /// Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// TCP connections that have not (yet) become WebSockets, HTTP API and metrics
+    /// connections included; more are closed at once. Default 1024.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -277,6 +298,9 @@ impl Default for LimitsConfig {
             max_history_limit: 1000,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 16_384,
+            max_nesting_depth: switchboard_protocol::payload::DEFAULT_MAX_NESTING_DEPTH,
+            handshake_timeout_ms: 10_000,
+            max_pending_handshakes: 1024,
         }
     }
 }
@@ -451,6 +475,21 @@ impl Config {
         if self.limits.commands_per_second == 0 || self.limits.command_burst == 0 {
             return Err(ConfigError::Invalid(
                 "limits.commands_per_second and command_burst must be positive".into(),
+            ));
+        }
+        let ceiling = switchboard_protocol::payload::MAX_NESTING_CEILING;
+        if self.limits.max_nesting_depth > ceiling {
+            return Err(ConfigError::Invalid(format!("limits.max_nesting_depth must be at most {ceiling}")));
+        }
+        if self.limits.outbound_queue_bytes < 2 * self.limits.max_payload_bytes {
+            // One publication must always fit, with room for its envelope.
+            return Err(ConfigError::Invalid(
+                "limits.outbound_queue_bytes must be at least twice limits.max_payload_bytes".into(),
+            ));
+        }
+        if self.limits.max_pending_handshakes == 0 || self.limits.handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_pending_handshakes and handshake_timeout_ms must be positive".into(),
             ));
         }
         if self.heartbeat.ping_interval_ms == 0 {

@@ -104,7 +104,11 @@ async fn websocket(
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes);
+        .write_buffer_size(limits.write_buffer_bytes)
+        // The writer holds a frame's outbound budget until it is flushed, so the socket
+        // library never buffers more than the budget; this cap only turns a broken
+        // invariant into a closed connection instead of unbounded memory.
+        .max_write_buffer_size(limits.write_buffer_bytes + 2 * limits.outbound_queue_bytes);
     let tracker = node.sessions.clone();
     Ok(upgrade
         .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, encoding, bearer, remote))))

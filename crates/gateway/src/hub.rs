@@ -24,11 +24,12 @@ use dashmap::DashMap;
 use switchboard_protocol::{
     codec::{self, CodecError},
     push::{self, ChannelClient, Push},
-    Code, Encoding,
+    reply::HistoryResult,
+    Code, Encoding, ErrorBody, Reply,
 };
 
 use crate::{
-    broker::{ChannelEvent, Control, EventSink, Publication},
+    broker::{ChannelEvent, Control, EventSink, HistoryPage, Publication},
     metrics::Metrics,
     outbox::{CloseRequest, Outbox, SessionCommand},
 };
@@ -51,8 +52,9 @@ impl Delivery {
         Delivery { channel, event, frames: [OnceLock::new(), OnceLock::new()], received_at: Instant::now() }
     }
 
-    /// The frame for `encoding`, encoded on first use and shared afterwards. `None` when
-    /// the event cannot be represented in that encoding (logged once).
+    /// The frame for `encoding`, encoded on first use and shared afterwards. A publication
+    /// always has a frame (see [`publication_frame`]); `None` only for a join or leave
+    /// event that cannot be represented in that encoding (logged once).
     pub fn frame(&self, encoding: Encoding) -> Option<&Message> {
         self.frames[encoding.index()]
             .get_or_init(|| match self.encode(encoding) {
@@ -67,7 +69,7 @@ impl Delivery {
 
     fn encode(&self, encoding: Encoding) -> Result<Message, CodecError> {
         match &self.event {
-            ChannelEvent::Publication(publication) => encode_publication(publication, encoding),
+            ChannelEvent::Publication(publication) => publication_frame(publication, encoding),
             ChannelEvent::Control(_) => {
                 Err(CodecError::Json(serde::ser::Error::custom("control events are not sent")))
             }
@@ -113,6 +115,75 @@ pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Resu
     to_message(encoding, bytes)
 }
 
+/// The frame of a publication for `encoding`. When the payload cannot be represented in
+/// that encoding (every input path refuses such payloads, so this is a last resort), the
+/// subscriber still gets the publication's offset, with `data: null` and an `error`, so it
+/// never sees an unexplained gap (docs/protocol.md, "Undeliverable publications").
+///
+/// # Errors
+/// Only if even that placeholder cannot be encoded.
+pub fn publication_frame(publication: &Publication, encoding: Encoding) -> Result<Message, CodecError> {
+    encode_publication(publication, encoding).or_else(|error| {
+        tracing::error!(%error, channel = %publication.channel, offset = ?publication.offset, encoding = encoding.name(), "publication cannot be encoded: sending a placeholder");
+        let placeholder = undeliverable(publication, encoding, &error);
+        to_message(encoding, codec::encode(encoding, &Push::Publication(placeholder))?)
+    })
+}
+
+/// The placeholder of a publication whose payload cannot be encoded in `encoding`.
+fn undeliverable(
+    publication: &Publication,
+    encoding: Encoding,
+    error: &CodecError,
+) -> push::Publication<serde_json::Value> {
+    let mut wire = wire_publication(publication, serde_json::Value::Null);
+    let message = format!("the payload cannot be encoded as {}: {error}", encoding.name());
+    wire.error = Some(ErrorBody::new(Code::Internal, message));
+    wire
+}
+
+/// A history reply (`id`, the page) in `encoding`, publications with their payloads as
+/// stored; a payload that cannot be encoded becomes a placeholder as in
+/// [`publication_frame`].
+///
+/// # Errors
+/// [`CodecError`] when the reply cannot be encoded.
+pub fn history_reply(
+    id: u64,
+    page: &HistoryPage,
+    more: bool,
+    encoding: Encoding,
+) -> Result<Message, CodecError> {
+    fn reply<P: serde::Serialize>(
+        id: u64,
+        page: &HistoryPage,
+        more: bool,
+        publications: Vec<P>,
+        encoding: Encoding,
+    ) -> Result<Message, CodecError> {
+        let result = HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications, more };
+        to_message(encoding, codec::encode(encoding, &Reply { id, result: Some(result), error: None })?)
+    }
+    match encoding {
+        // JSON frames carry the stored JSON text as it is: nothing to parse.
+        Encoding::Json => {
+            let publications = page.publications.iter().map(|p| wire_publication(p, &*p.data)).collect();
+            reply(id, page, more, publications, encoding)
+        }
+        Encoding::MsgPack => {
+            let publications = page
+                .publications
+                .iter()
+                .map(|p| match serde_json::from_str(p.data.get()) {
+                    Ok(data) => wire_publication(p, data),
+                    Err(error) => undeliverable(p, encoding, &CodecError::Json(error)),
+                })
+                .collect();
+            reply(id, page, more, publications, encoding)
+        }
+    }
+}
+
 /// The wire form of a publication with `data` as given.
 pub fn wire_publication<D>(publication: &Publication, data: D) -> push::Publication<D> {
     push::Publication {
@@ -123,6 +194,7 @@ pub fn wire_publication<D>(publication: &Publication, data: D) -> push::Publicat
         data,
         ts: publication.ts,
         from: publication.from.clone(),
+        error: None,
     }
 }
 
@@ -314,6 +386,42 @@ mod tests {
             ts: 0,
             from: None,
         })
+    }
+
+    /// A payload that cannot be re-encoded (nested past serde_json's limit, which every
+    /// input path now refuses) still reaches a MessagePack subscriber as its offset, with
+    /// `data: null` and an error, instead of vanishing.
+    #[test]
+    fn an_unencodable_publication_arrives_as_a_placeholder() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let publication = Publication {
+            channel: Arc::from("c"),
+            offset: Some(7),
+            epoch: Some(Arc::from("e")),
+            event: Some("tally".into()),
+            data: serde_json::value::RawValue::from_string(deep).expect("raw"),
+            ts: 1,
+            from: None,
+        };
+        let json = publication_frame(&publication, Encoding::Json).expect("json");
+        assert!(json.into_data().len() > 400, "JSON carries the payload verbatim");
+        let packed = publication_frame(&publication, Encoding::MsgPack).expect("placeholder");
+        let push: Push<serde_json::Value> =
+            codec::decode(Encoding::MsgPack, &packed.into_data()).expect("decode");
+        let Push::Publication(wire) = push else { panic!("not a publication: {push:?}") };
+        assert_eq!(
+            (wire.offset, wire.event.as_deref(), &wire.data),
+            (Some(7), Some("tally"), &serde_json::Value::Null)
+        );
+        assert_eq!(wire.error.map(|e| e.code), Some(Code::Internal));
+        let page =
+            HistoryPage { epoch: Arc::from("e"), top: 7, publications: vec![publication], truncated: false };
+        let reply = history_reply(3, &page, false, Encoding::MsgPack).expect("history");
+        let reply: serde_json::Value = codec::decode(Encoding::MsgPack, &reply.into_data()).expect("decode");
+        let first = &reply["result"]["publications"][0];
+        assert_eq!(first["offset"], 7);
+        assert_eq!(first["data"], serde_json::Value::Null);
+        assert_eq!(first["error"]["code"], 100);
     }
 
     /// With Redis, a live copy of a publication the subscriber already got from history

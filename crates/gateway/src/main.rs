@@ -140,6 +140,12 @@ async fn main() -> anyhow::Result<()> {
                 Ok(limit) => tracing::debug!(limit, "open-file limit"),
                 Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
             }
+            // Give freed memory back to the OS within seconds, not at the next burst of
+            // activity (10 000 closed connections otherwise leave RSS at its peak).
+            let background = config.node.allocator_background_thread;
+            if let Err(error) = tikv_jemalloc_ctl::background_thread::write(background) {
+                tracing::warn!(%error, "cannot configure jemalloc's background thread");
+            }
             if cli.common.dev {
                 tracing::warn!(
                     "--dev: using the development HMAC secret unless one is configured; never in production"

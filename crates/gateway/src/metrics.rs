@@ -58,6 +58,11 @@ pub struct Metrics {
     pub broker_probe_failures: IntCounter,
     /// Live messages or stream entries that could not be decoded.
     pub broker_invalid_messages: IntCounter,
+    /// TCP connections accepted that have not (yet) become WebSockets.
+    pub pending_handshakes: IntGauge,
+    /// TCP connections dropped before completing an HTTP request, by reason
+    /// (`limit`: over `limits.max_pending_handshakes`; `timeout`: headers too slow).
+    pub handshakes_dropped: IntCounterVec,
     /// Nodes in the cluster registry.
     pub cluster_nodes: IntGauge,
     /// Connections per node, from the cluster registry.
@@ -142,6 +147,15 @@ impl Metrics {
             broker_invalid_messages: counter(
                 "broker_invalid_messages_total",
                 "Undecodable live messages or stream entries",
+            ),
+            pending_handshakes: gauge(
+                "pending_handshakes",
+                "TCP connections accepted that have not become WebSockets",
+            ),
+            handshakes_dropped: counter_vec(
+                "handshakes_dropped_total",
+                "TCP connections dropped before completing an HTTP request",
+                "reason",
             ),
             cluster_nodes: gauge("cluster_nodes", "Nodes in the cluster registry"),
             cluster_node_connections: {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use switchboard_protocol::{Code, StreamPosition};
+use switchboard_protocol::{payload, Code, StreamPosition};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -77,7 +77,12 @@ impl Node {
         let broker: Arc<dyn Broker> = if url.starts_with("memory://") {
             let idle = Duration::from_secs(config.broker.stream_meta_ttl_secs);
             let idempotency = Duration::from_secs(config.broker.idempotency_ttl_secs);
-            let broker = Arc::new(MemoryBroker::new(hub.clone(), idle).with_idempotency_ttl(idempotency));
+            let unpublished = Duration::from_secs(config.broker.unpublished_stream_ttl_secs);
+            let broker = Arc::new(
+                MemoryBroker::new(hub.clone(), idle)
+                    .with_idempotency_ttl(idempotency)
+                    .with_unpublished_ttl(unpublished),
+            );
             spawn_sweeper(broker.clone(), rules.clone());
             broker
         } else if url.starts_with("redis://") {
@@ -120,6 +125,10 @@ impl Node {
                 format!("payload is larger than {max} bytes"),
             ));
         }
+        // Deeper payloads could not be re-encoded for every reader (see the protocol
+        // crate's `payload` module).
+        payload::check_depth(publication.data.get(), self.config.limits.max_nesting_depth)
+            .map_err(|e| CommandError::refused(Code::BadRequest, e.to_string()))?;
         let position = self.broker.publish(channel, publication, namespace.stream).await?;
         self.metrics.publications.inc();
         Ok(position)

@@ -2,7 +2,10 @@
 //!
 //! Every frame for a client (replies, pushes, publications) goes through its [`Outbox`].
 //! The queue is bounded twice: by frames (its length) and by bytes (a semaphore
-//! of byte permits that the writer gives back once a frame is written).
+//! of byte permits that the writer gives back only once a frame is *flushed* to the
+//! socket, so bytes waiting in the WebSocket library's write buffer count too: a
+//! connection never holds more than `limits.outbound_queue_bytes`, plus at most one frame
+//! larger than the whole budget, which may pass through an otherwise empty queue).
 //!
 //! Two ways in, with explicit policies:
 //! * [`Outbox::push`] never waits. The hub uses it for live fan-out. When either bound
@@ -32,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Outgoing {
     /// The WebSocket message (its payload is shared `Bytes`, so cloning is cheap).
     pub message: Message,
-    /// Byte permits held by this frame, returned with [`OutboxReceiver::release`].
+    /// Byte permits held by this frame, returned with [`OutboxReceiver::release`] once the
+    /// frame is flushed.
     pub size: usize,
     /// When this node received the publication, for the publish-to-write histogram.
     pub received_at: Option<Instant>,
@@ -145,6 +149,16 @@ impl ConnControl {
     /// Whether a close was requested.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection as a slow consumer (3001).
+    pub fn close_as_slow_consumer(&self) {
+        self.close(CloseRequest {
+            code: Code::SlowConsumer,
+            reason: "outbound queue overflow: the client reads too slowly".into(),
+            reconnect_after_ms: None,
+            flush_queue: false,
+        });
     }
 
     /// The close request, once one was made.
@@ -287,12 +301,7 @@ impl Outbox {
 
     /// Closes the connection as a slow consumer (3001).
     pub fn close_as_slow_consumer(&self) {
-        self.shared.control.close(CloseRequest {
-            code: Code::SlowConsumer,
-            reason: "outbound queue overflow: the client reads too slowly".into(),
-            reconnect_after_ms: None,
-            flush_queue: false,
-        });
+        self.shared.control.close_as_slow_consumer();
     }
 
     /// Byte permits a message takes: its size, capped at the whole budget so that one

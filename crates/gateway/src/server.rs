@@ -1,15 +1,27 @@
 //! Serving a node: bind, accept, and shut down gracefully.
 //!
 //! [`run`] takes a bound listener and a shutdown future (the mini-redis shape), so tests
-//! bind `127.0.0.1:0` and the binary binds the configured address. Shutdown order: the
+//! bind `127.0.0.1:0` and the binary binds the configured address.
+//!
+//! The accept loop is ours rather than `axum::serve` because a public gateway must bound
+//! what a connection costs before it authenticates: request headers must arrive within
+//! `limits.handshake_timeout_ms` (a slowloris client is dropped), and at most
+//! `limits.max_pending_handshakes` connections may be plain HTTP at once (a permit held
+//! until the connection closes or becomes a WebSocket); over that, new ones are closed at
+//! once, so half-open upgrades cannot exhaust file descriptors. Shutdown order: the
 //! node stops being ready and refuses new WebSockets, every session is told to close with
 //! `shutdown` and a jittered reconnect delay after flushing its queue, and once every
 //! session ended (or `node.shutdown_timeout_ms` passed) the HTTP server stops.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{config::Config, node::Node};
 
@@ -48,14 +60,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
     tracing::info!(%address, node = %node.id, broker = %node.config.broker.url, "switchboard listening");
-    let app = crate::http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // Frames are small and latency-bound: send each write at once instead of letting
-    // Nagle hold it back until the previous segment is acknowledged.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
+    let router = crate::http::router(node.clone());
     let drained = {
         let node = node.clone();
         async move {
@@ -72,9 +77,89 @@ pub async fn serve(
             }
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(drained).await?;
+    tokio::pin!(drained);
+    let limits = &node.config.limits;
+    let pending = Arc::new(Semaphore::new(limits.max_pending_handshakes));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(limits.handshake_timeout_ms));
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = &mut drained => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: the listener itself is fine, so wait and retry
+                    // rather than stop serving every other client.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            node.metrics.handshakes_dropped.with_label_values(&["limit"]).inc();
+            tracing::debug!(%remote, "too many pending handshakes: closing a new connection");
+            continue;
+        };
+        // Frames are small and latency-bound: send each write at once instead of letting
+        // Nagle hold it back until the previous segment is acknowledged.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let connection = serve_connection(&http, router.clone(), stream, remote);
+        connections.spawn(handshake(connection, permit, node.metrics.clone(), stop.clone()));
+    }
+    // Sessions are gone; let in-flight HTTP requests finish, briefly.
+    stop.cancel();
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(2), connections.wait()).await.is_err() {
+        tracing::debug!("HTTP connections still open at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One accepted TCP connection served as HTTP/1 with upgrades; it resolves once the
+/// connection closed or became a WebSocket (the session then runs on its own task).
+fn serve_connection(
+    http: &hyper::server::conn::http1::Builder,
+    router: axum::Router,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> impl Future<Output = Result<(), hyper::Error>> + Send {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        let mut router = router.clone();
+        async move { tower_service::Service::call(&mut router, request).await }
+    });
+    let mut connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    async move { std::future::poll_fn(|cx| std::pin::Pin::new(&mut connection).poll(cx)).await }
+}
+
+/// Holds a pending-handshake permit while `connection` is plain HTTP, and counts
+/// connections dropped for sending their headers too slowly (slowloris).
+async fn handshake(
+    connection: impl Future<Output = Result<(), hyper::Error>>,
+    permit: OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    metrics.pending_handshakes.inc();
+    let outcome = tokio::select! {
+        outcome = connection => outcome,
+        // Shutdown: an idle keep-alive connection would otherwise hold the node open.
+        () = stop.cancelled() => Ok(()),
+    };
+    if let Err(error) = outcome {
+        if error.is_timeout() {
+            metrics.handshakes_dropped.with_label_values(&["timeout"]).inc();
+        }
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+    metrics.pending_handshakes.dec();
+    drop(permit);
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -47,8 +47,17 @@ local function whole(value, min)
   return nil
 end
 
+-- Deepest nesting a body may have: 100 levels of `data` (the protocol crate's
+-- MAX_NESTING_CEILING) inside the body object, or a `from` client info whose `info` is
+-- nested 100 levels. Gateways parse every stored body with a fixed limit of 128 levels,
+-- so a body accepted here can always be delivered in every wire format and read back.
+local MAX_BODY_DEPTH = 103
+
 local function check_body(body)
+  local previous = cjson.decode_max_depth()
+  cjson.decode_max_depth(MAX_BODY_DEPTH)
   local ok, decoded = pcall(cjson.decode, body)
+  cjson.decode_max_depth(previous)
   if not ok or type(decoded) ~= 'table' or decoded['data'] == nil then
     return false
   end
@@ -81,7 +90,7 @@ local function publish(keys, args)
     end
   end
   if not check_body(body) then
-    return redis.error_reply('ERR sb_publish: body must be a JSON object with a "data" field and an optional string "event"')
+    return redis.error_reply('ERR sb_publish: body must be a JSON object nested at most ' .. MAX_BODY_DEPTH .. ' levels, with a "data" field and an optional string "event"')
   end
   local epoch = ensure_epoch(stream, meta, math.max(meta_ttl, ttl))
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
@@ -98,23 +107,33 @@ local function publish(keys, args)
   return {offset, epoch, 0}
 end
 
--- FCALL sb_history 2 <stream key> <meta key> <mode: latest|after> <offset> <limit> <history ttl ms> <meta ttl ms>
+-- FCALL sb_history 2 <stream key> <meta key> <mode: latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> [<unpublished ttl ms> <max bytes>]
 -- Returns {epoch, top, offset1, ts1, body1, offset2, ...}, oldest first: the newest <limit>
 -- entries (latest), or up to <limit> entries after <offset> (after). Entries older than
 -- <history ttl ms> are not returned. Creates the stream metadata if missing, so that a
--- subscriber learns the epoch before the first publication.
+-- subscriber learns the epoch before the first publication; metadata that only a read
+-- created expires after <unpublished ttl ms> (default: <meta ttl ms>), and reads extend
+-- only the metadata of streams that were published to, so reading leaves no lasting
+-- state. With <max bytes>, entries are returned only while their sizes (96 + the body's
+-- length each) add up to at most <max bytes> (always at least one), and the reply is
+-- {epoch, top, truncated (0|1), offset1, ts1, body1, ...}.
 local function history(keys, args)
   local stream, meta = keys[1], keys[2]
   local mode, after, limit = args[1], whole(args[2], 0), whole(args[3], 0)
   local ttl, meta_ttl = whole(args[4], 1), whole(args[5], 1)
-  if (mode ~= 'after' and mode ~= 'latest') or not after or not limit or not ttl or not meta_ttl then
-    return redis.error_reply('ERR sb_history: expected <latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> (whole numbers)')
+  local unpublished_ttl = whole(args[6] or args[5], 1)
+  local max_bytes = args[7] and whole(args[7], 1)
+  if (mode ~= 'after' and mode ~= 'latest') or not after or not limit or not ttl or not meta_ttl
+      or not unpublished_ttl or (args[7] and not max_bytes) then
+    return redis.error_reply('ERR sb_history: expected <latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> [<unpublished ttl ms> <max bytes>] (whole numbers)')
   end
-  local epoch = ensure_epoch(stream, meta, math.max(meta_ttl, ttl))
-  -- Readers (subscribers) keep the metadata alive too, so an active channel without
-  -- publications keeps its epoch.
-  redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
+  local epoch = ensure_epoch(stream, meta, unpublished_ttl)
   local top = tonumber(redis.call('HGET', meta, 'offset'))
+  if top > 0 then
+    -- Readers (subscribers) keep a published stream's metadata alive too, so an active
+    -- channel keeps its epoch between publications.
+    redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
+  end
   local entries = {}
   if limit > 0 then
     if mode == 'after' then
@@ -128,6 +147,10 @@ local function history(keys, args)
   end
   local oldest = now_ms() - ttl
   local out = {epoch, top}
+  if max_bytes then
+    out[3] = 0
+  end
+  local spent, count = 0, 0
   for _, entry in ipairs(entries) do
     local fields = entry[2]
     local ts, body
@@ -135,10 +158,16 @@ local function history(keys, args)
       if fields[i] == 't' then ts = tonumber(fields[i + 1]) elseif fields[i] == 'b' then body = fields[i + 1] end
     end
     if ts and ts >= oldest then
+      spent = spent + 96 + #(body or '')
+      if max_bytes and count > 0 and spent > max_bytes then
+        out[3] = 1
+        break
+      end
       local id = entry[1]
       out[#out + 1] = tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
       out[#out + 1] = ts
       out[#out + 1] = body
+      count = count + 1
     end
   end
   return out

@@ -116,16 +116,13 @@ pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, Comma
     let value: serde_json::Value = match encoding {
         Encoding::Json => serde_json::from_slice(frame)
             .map_err(|e| CommandDecodeError::protocol(format!("malformed JSON: {e}")))?,
-        Encoding::MsgPack => rmp_serde::from_slice(frame)
+        Encoding::MsgPack => decode_msgpack_value(frame)
             .map_err(|e| CommandDecodeError::protocol(format!("malformed MessagePack: {e}")))?,
     };
     let mut value = value;
     let Some(object) = value.as_object_mut() else {
         return Err(CommandDecodeError::protocol("a command must be an object/map"));
     };
-    if object.get("params").is_none_or(serde_json::Value::is_null) {
-        object.insert("params".into(), serde_json::Value::Object(Default::default()));
-    }
     let id = match object.get("id") {
         Some(id) => {
             id.as_u64().ok_or_else(|| CommandDecodeError::protocol("`id` must be a non-negative integer"))?
@@ -133,6 +130,15 @@ pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, Comma
         None => return Err(CommandDecodeError::protocol("missing `id`")),
     };
     let answer = |code: Code, message: String| CommandDecodeError { id: Some(id), code, message };
+    match object.get("params") {
+        None | Some(serde_json::Value::Null) => {
+            object.insert("params".into(), serde_json::Value::Object(Default::default()));
+        }
+        Some(serde_json::Value::Object(_)) => {}
+        // serde would accept a sequence for a struct (positional fields); the protocol
+        // names every parameter, so a client relying on order is refused, not guessed at.
+        Some(_) => return Err(answer(Code::BadRequest, "`params` must be an object/map".into())),
+    }
     match object.get("method").map(|m| m.as_str()) {
         None => return Err(answer(Code::BadRequest, "missing `method`".into())),
         Some(None) => return Err(answer(Code::BadRequest, "`method` must be a string".into())),
@@ -142,6 +148,16 @@ pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, Comma
         Some(Some(_)) => {}
     }
     serde_json::from_value(value).map_err(|e| answer(Code::BadRequest, format!("bad params: {e}")))
+}
+
+/// Deepest nesting a MessagePack frame may have, the same as `serde_json`'s fixed limit so
+/// that both encodings refuse the same frames (rmp-serde would allow 1 024 levels).
+const MSGPACK_MAX_DEPTH: usize = 128;
+
+fn decode_msgpack_value<T: DeserializeOwned>(frame: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(frame);
+    deserializer.set_max_depth(MSGPACK_MAX_DEPTH);
+    T::deserialize(&mut deserializer)
 }
 
 /// Encodes any frame (reply, push or command) in `encoding`.
@@ -162,7 +178,7 @@ pub fn encode<T: Serialize + ?Sized>(encoding: Encoding, frame: &T) -> Result<By
 pub fn decode<T: DeserializeOwned>(encoding: Encoding, frame: &[u8]) -> Result<T, CodecError> {
     Ok(match encoding {
         Encoding::Json => serde_json::from_slice(frame)?,
-        Encoding::MsgPack => rmp_serde::from_slice(frame)?,
+        Encoding::MsgPack => decode_msgpack_value(frame)?,
     })
 }
 
@@ -237,6 +253,38 @@ mod tests {
         assert!(e.message.contains("channel"), "{}", e.message);
         let e = decode_command(Encoding::MsgPack, &[0xc1]).expect_err("msgpack");
         assert_eq!(e.code, Code::ProtocolError);
+    }
+
+    #[test]
+    fn positional_params_are_refused_in_both_encodings() {
+        let frame = serde_json::json!({"id": 4, "method": "subscribe", "params": ["chat:x"]});
+        for encoding in Encoding::ALL {
+            let bytes = encode(encoding, &frame).expect("encode");
+            let e = decode_command(encoding, &bytes).expect_err("positional");
+            assert_eq!((e.id, e.code), (Some(4), Code::BadRequest), "{encoding:?}");
+            assert!(e.message.contains("params"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn both_encodings_refuse_the_same_nesting() {
+        let nested = |levels: usize| {
+            let mut value = serde_json::json!(1);
+            for _ in 0..levels {
+                value = serde_json::json!([value]);
+            }
+            serde_json::json!({"id": 1, "method": "publish", "params": {"channel": "c", "data": value}})
+        };
+        for encoding in Encoding::ALL {
+            let ok = encode(encoding, &nested(100)).expect("encode");
+            assert!(decode_command(encoding, &ok).is_ok(), "{encoding:?}");
+        }
+        let json = serde_json::to_vec(&nested(200)).expect("json");
+        let packed = rmp_serde::to_vec_named(&nested(200)).expect("msgpack");
+        for (encoding, bytes) in [(Encoding::Json, json), (Encoding::MsgPack, packed)] {
+            let e = decode_command(encoding, &bytes).expect_err("too deep");
+            assert_eq!(e.code, Code::ProtocolError, "{encoding:?}");
+        }
     }
 
     #[test]

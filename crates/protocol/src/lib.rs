@@ -14,6 +14,7 @@ pub mod channel;
 pub mod codec;
 pub mod codes;
 pub mod command;
+pub mod payload;
 pub mod push;
 pub mod redis;
 pub mod reply;

@@ -49,6 +49,11 @@ pub struct Publication<D> {
     /// The publishing connection, when a client published it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<ClientInfo>,
+    /// Present only when this publication could not be encoded for this connection's wire
+    /// format: `data` is then `null` and the offset is still delivered, so the client sees
+    /// no gap and knows what it lost (see `docs/protocol.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ErrorBody>,
 }
 
 /// A join or leave event.

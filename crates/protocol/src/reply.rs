@@ -119,6 +119,11 @@ pub struct HistoryResult<P> {
     pub offset: u64,
     /// Publications, oldest first.
     pub publications: Vec<P>,
+    /// `true` when the reply stopped early because the publications asked for do not fit
+    /// in one reply (the connection's outbound byte budget): ask again with `since` set to
+    /// the last publication's position for the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// Result of `refresh`.

@@ -18,7 +18,7 @@ use std::{collections::HashMap, sync::Arc};
 use redis::{aio::ConnectionManager, RedisError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use switchboard_protocol::{channel, redis as keys};
+use switchboard_protocol::{channel, payload, redis as keys};
 use tokio::sync::RwLock;
 
 /// Why a publish failed.
@@ -38,6 +38,11 @@ pub enum PublishError {
     /// The payload could not be serialized as JSON.
     #[error("payload is not JSON-serializable: {0}")]
     Payload(#[from] serde_json::Error),
+    /// The payload is nested deeper than the publisher's limit (the gateways' default,
+    /// [`switchboard_protocol::payload::DEFAULT_MAX_NESTING_DEPTH`], unless changed with
+    /// [`Publisher::with_max_nesting_depth`]).
+    #[error("payload refused: {0}")]
+    TooDeep(#[from] switchboard_protocol::payload::TooDeep),
     /// Redis could not be reached or the connection dropped; the publish may or may not
     /// have happened. Retrying with the same idempotency key is safe.
     #[error("Redis connection failed (retry with the same idempotency key): {0}")]
@@ -165,6 +170,7 @@ pub struct Publisher {
     connection: ConnectionManager,
     retention: Arc<RwLock<HashMap<String, Retention>>>,
     idempotency_ttl_ms: u64,
+    max_nesting_depth: usize,
 }
 
 impl Publisher {
@@ -180,6 +186,7 @@ impl Publisher {
             connection,
             retention: Arc::new(RwLock::new(HashMap::new())),
             idempotency_ttl_ms: DEFAULT_IDEMPOTENCY_TTL_MS,
+            max_nesting_depth: payload::DEFAULT_MAX_NESTING_DEPTH,
         };
         publisher.load_library().await?;
         publisher.refresh_namespaces().await?;
@@ -190,6 +197,16 @@ impl Publisher {
     #[must_use]
     pub fn with_idempotency_ttl_ms(mut self, ttl_ms: u64) -> Publisher {
         self.idempotency_ttl_ms = ttl_ms.max(1);
+        self
+    }
+
+    /// Sets the deepest nesting of `data` this publisher sends; keep it equal to the
+    /// gateways' `limits.max_nesting_depth`. Capped at
+    /// [`switchboard_protocol::payload::MAX_NESTING_CEILING`], which the Redis Function
+    /// enforces for every caller.
+    #[must_use]
+    pub fn with_max_nesting_depth(mut self, depth: usize) -> Publisher {
+        self.max_nesting_depth = depth.min(payload::MAX_NESTING_CEILING);
         self
     }
 
@@ -351,6 +368,7 @@ impl Publisher {
         data: &RawValue,
         options: &PublishOptions,
     ) -> Result<redis::Cmd, PublishError> {
+        payload::check_depth(data.get(), self.max_nesting_depth)?;
         let retention = self.retention(channel_name).await?;
         let body = keys::Body { event: options.event.as_deref(), data, from: None }.to_json()?;
         if options.live_only {

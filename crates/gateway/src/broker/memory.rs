@@ -7,7 +7,9 @@
 //!
 //! Streams whose history has fully expired and that saw no publish for `idle_ttl` are
 //! dropped by [`MemoryBroker::sweep`]; a later publish starts a new epoch, so a client
-//! holding an old position gets `recovered: false` rather than a silent gap.
+//! holding an old position gets `recovered: false` rather than a silent gap. A stream that
+//! only reads created (a subscribe or history of a channel never published to) is dropped
+//! after the much shorter `unpublished_ttl`: reading must not leave lasting state.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -34,6 +36,7 @@ pub struct MemoryBroker {
     idempotency_ttl: Duration,
     sink: Arc<dyn EventSink>,
     idle_ttl: Duration,
+    unpublished_ttl: Duration,
 }
 
 struct Stream {
@@ -58,6 +61,14 @@ impl Stream {
     }
 }
 
+/// [`super::history_cost`] plus the publisher's client info, as the Redis body carries it.
+fn publication_cost(publication: &Publication) -> usize {
+    let from = publication.from.as_ref().map_or(0, |from| {
+        from.client.len() + from.user.len() + from.info.as_ref().map_or(0, |info| info.to_string().len())
+    });
+    super::history_cost(&publication.channel, publication.data.get(), publication.event.as_deref()) + from
+}
+
 fn lock(stream: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
     stream.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -74,7 +85,15 @@ impl MemoryBroker {
             idempotency_ttl: Duration::from_secs(300),
             sink,
             idle_ttl,
+            unpublished_ttl: idle_ttl,
         }
+    }
+
+    /// Sets how long a stream that was read but never published to is kept.
+    #[must_use]
+    pub fn with_unpublished_ttl(mut self, ttl: Duration) -> MemoryBroker {
+        self.unpublished_ttl = ttl;
+        self
     }
 
     fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
@@ -95,14 +114,21 @@ impl MemoryBroker {
     pub fn sweep(&self, retention: impl Fn(&str) -> Option<StreamOptions>) -> usize {
         let now = Instant::now();
         self.idempotency.retain(|_, (_, at)| now.duration_since(*at) < self.idempotency_ttl);
+        let before = self.streams.len();
         self.streams.retain(|channel, stream| {
             let mut stream = lock(stream);
             if let Some(options) = retention(channel) {
                 stream.trim(options, now);
             }
-            !(stream.retained.is_empty() && now.duration_since(stream.last_publish) >= self.idle_ttl)
+            let ttl = if stream.top == 0 { self.unpublished_ttl } else { self.idle_ttl };
+            !(stream.retained.is_empty() && now.duration_since(stream.last_publish) >= ttl)
         });
-        self.streams.len()
+        let after = self.streams.len();
+        if after < before / 2 {
+            // Give the table's memory back after a burst of short-lived streams.
+            self.streams.shrink_to_fit();
+        }
+        after
     }
 }
 
@@ -176,15 +202,16 @@ impl Broker for MemoryBroker {
         channel: &str,
         since: Since,
         limit: usize,
+        max_bytes: usize,
         options: StreamOptions,
     ) -> Result<HistoryPage, BrokerError> {
         let stream = self.stream(channel);
         let mut stream = lock(&stream);
         stream.trim(options, Instant::now());
-        let publications: Vec<Publication> = match &since {
+        let window: Vec<&Publication> = match &since {
             Since::Latest => {
                 let skip = stream.retained.len().saturating_sub(limit);
-                stream.retained.iter().skip(skip).map(|(_, p)| p.clone()).collect()
+                stream.retained.iter().skip(skip).map(|(_, p)| p).collect()
             }
             Since::After(position) => {
                 let first_retained = stream.retained.front().and_then(|(_, p)| p.offset);
@@ -202,11 +229,22 @@ impl Broker for MemoryBroker {
                     .map(|(_, p)| p)
                     .filter(|p| p.offset.is_some_and(|o| o > position.offset))
                     .take(limit)
-                    .cloned()
                     .collect()
             }
         };
-        Ok(HistoryPage { epoch: stream.epoch.clone(), top: stream.top, publications })
+        let mut spent = 0usize;
+        let fitting = window
+            .iter()
+            .take_while(|p| {
+                spent = spent.saturating_add(publication_cost(p));
+                spent <= max_bytes
+            })
+            .count()
+            .max(1)
+            .min(window.len());
+        let truncated = fitting < window.len();
+        let publications = window.into_iter().take(fitting).cloned().collect();
+        Ok(HistoryPage { epoch: stream.epoch.clone(), top: stream.top, publications, truncated })
     }
 
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
@@ -318,19 +356,19 @@ mod tests {
             epoch = pos.epoch;
         }
         assert_eq!(sink.0.lock().expect("lock").len(), 5);
-        let page = broker.history("c", Since::Latest, 10, options(3)).await.expect("history");
+        let page = broker.history("c", Since::Latest, 10, usize::MAX, options(3)).await.expect("history");
         let offsets: Vec<_> = page.publications.iter().filter_map(|p| p.offset).collect();
         assert_eq!(offsets, vec![3, 4, 5]);
         let after = Since::After(StreamPosition { offset: 3, epoch: epoch.clone() });
-        let page = broker.history("c", after, 10, options(3)).await.expect("recoverable");
+        let page = broker.history("c", after, 10, usize::MAX, options(3)).await.expect("recoverable");
         assert_eq!(page.publications.len(), 2);
         let trimmed = Since::After(StreamPosition { offset: 1, epoch: epoch.clone() });
         assert!(matches!(
-            broker.history("c", trimmed, 10, options(3)).await,
+            broker.history("c", trimmed, 10, usize::MAX, options(3)).await,
             Err(BrokerError::PositionLost { .. })
         ));
         let other_epoch = Since::After(StreamPosition { offset: 5, epoch: "x".into() });
-        assert!(broker.history("c", other_epoch, 10, options(3)).await.is_err());
+        assert!(broker.history("c", other_epoch, 10, usize::MAX, options(3)).await.is_err());
     }
 
     #[tokio::test]
@@ -341,9 +379,41 @@ mod tests {
         publication.ephemeral = true;
         assert_eq!(broker.publish("c", publication, options(3)).await.expect("publish"), None);
         assert_eq!(sink.0.lock().expect("lock").len(), 1);
-        let page = broker.history("c", Since::Latest, 10, options(3)).await.expect("history");
+        let page = broker.history("c", Since::Latest, 10, usize::MAX, options(3)).await.expect("history");
         assert!(page.publications.is_empty());
         assert_eq!(page.top, 0);
+    }
+
+    #[tokio::test]
+    async fn streams_only_read_are_forgotten_sooner() {
+        let sink = Arc::new(Recorder::default());
+        let broker = MemoryBroker::new(sink, Duration::from_secs(3600)).with_unpublished_ttl(Duration::ZERO);
+        broker.publish("published", new_pub(1), options(0)).await.expect("publish");
+        for n in 0..100 {
+            broker
+                .history(&format!("read{n}"), Since::Latest, 0, usize::MAX, options(3))
+                .await
+                .expect("read");
+        }
+        assert_eq!(broker.sweep(|_| Some(options(3))), 1, "only the published stream stays");
+    }
+
+    #[tokio::test]
+    async fn history_stops_at_its_byte_budget() {
+        let sink = Arc::new(Recorder::default());
+        let broker = MemoryBroker::new(sink, Duration::from_secs(60));
+        for n in 1..=10 {
+            broker.publish("c", new_pub(n), options(10)).await.expect("publish");
+        }
+        let one = super::super::history_cost("c", "10", None);
+        let page = broker.history("c", Since::Latest, 5, 3 * one, options(10)).await.expect("history");
+        let offsets: Vec<_> = page.publications.iter().filter_map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![6, 7, 8], "the oldest of the newest five that fit");
+        assert!(page.truncated);
+        let page = broker.history("c", Since::Latest, 5, 1, options(10)).await.expect("history");
+        assert_eq!(page.publications.len(), 1, "always at least one");
+        let page = broker.history("c", Since::Latest, 5, usize::MAX, options(10)).await.expect("history");
+        assert!(!page.truncated);
     }
 
     #[tokio::test]

@@ -108,6 +108,17 @@ pub struct HistoryPage {
     pub top: u64,
     /// Publications, oldest first.
     pub publications: Vec<Publication>,
+    /// Whether the read stopped early because the next publication would have gone over
+    /// its byte budget: the caller continues after the last publication returned.
+    pub truncated: bool,
+}
+
+/// The bytes a stored publication is counted for against a history read's byte budget: its
+/// payload and event plus a fixed allowance for the envelope around them (offset, epoch,
+/// channel, time); the caller adds the publisher's client info where it has one.
+pub fn history_cost(channel: &str, data: &str, event: Option<&str>) -> usize {
+    const ENVELOPE: usize = 96;
+    ENVELOPE + channel.len() + data.len() + event.map_or(0, str::len)
 }
 
 /// Which publications a history read returns.
@@ -163,12 +174,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Delivers a join or leave event (never stored).
     async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError>;
 
-    /// Reads retained history, at most `limit` publications.
+    /// Reads retained history: at most `limit` publications (for [`Since::Latest`], the
+    /// newest `limit`), oldest first, and only as many of them as fit in `max_bytes` as
+    /// counted by [`history_cost`] (always at least one); `truncated` says when that cut
+    /// the page short. `usize::MAX` reads without a byte budget.
     async fn history(
         &self,
         channel: &str,
         since: Since,
         limit: usize,
+        max_bytes: usize,
         stream: StreamOptions,
     ) -> Result<HistoryPage, BrokerError>;
 

@@ -12,8 +12,8 @@ use switchboard_protocol::{
         AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
     },
     reply::{
-        ConnectResult, Empty, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
-        RefreshResult, SubscribeResult,
+        ConnectResult, Empty, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult,
+        SubscribeResult,
     },
     ClientInfo, Code, Command, CommandBody, StreamPosition,
 };
@@ -25,7 +25,8 @@ use crate::{
     channel::{personal_channel, Namespace},
     config::SubscribePolicy,
     error::CommandError,
-    hub::{encode_publication, wire_publication},
+    hub::{history_reply, publication_frame},
+    outbox::message_size,
 };
 
 /// Where a new subscription starts.
@@ -285,12 +286,13 @@ impl Session {
         let stream = namespace.stream;
         let position = match resume {
             Resume::Live => {
-                let page = broker.history(channel, Since::Latest, 0, stream).await?;
+                let page = broker.history(channel, Since::Latest, 0, usize::MAX, stream).await?;
                 let result = subscribe_result(channel, &page.epoch, page.top, None, None);
                 return Ok((result, Vec::new()));
             }
             Resume::Pending(acked) => {
-                let page = broker.history(channel, Since::Latest, stream.history_size, stream).await?;
+                let page =
+                    broker.history(channel, Since::Latest, stream.history_size, usize::MAX, stream).await?;
                 let after = acked.as_ref().filter(|p| *p.epoch == *page.epoch).map_or(0, |p| p.offset);
                 let pending: Vec<Publication> =
                     page.publications.into_iter().filter(|p| p.offset.is_some_and(|o| o > after)).collect();
@@ -303,14 +305,14 @@ impl Session {
             Resume::Recover(position) => position,
         };
         let from = position.offset;
-        match broker.history(channel, Since::After(position), stream.history_size, stream).await {
+        match broker.history(channel, Since::After(position), stream.history_size, usize::MAX, stream).await {
             Ok(page) if page.publications.len() as u64 == page.top.saturating_sub(from) => {
                 let missed = page.publications.len() as u64;
                 let result = subscribe_result(channel, &page.epoch, page.top, Some(true), Some(missed));
                 Ok((result, page.publications))
             }
             Ok(_) | Err(BrokerError::PositionLost { .. }) => {
-                let page = broker.history(channel, Since::Latest, 0, stream).await?;
+                let page = broker.history(channel, Since::Latest, 0, usize::MAX, stream).await?;
                 Ok((subscribe_result(channel, &page.epoch, page.top, Some(false), None), Vec::new()))
             }
             Err(error) => Err(error.into()),
@@ -322,13 +324,19 @@ impl Session {
     async fn go_live(&mut self, prepared: Prepared) {
         let Prepared { channel, namespace, result, missed } = prepared;
         for publication in &missed {
-            match encode_publication(publication, self.encoding) {
+            match publication_frame(publication, self.encoding) {
                 Ok(message) => {
                     if !self.outbox.push_waiting(message, self.outbound_wait()).await {
                         break;
                     }
                 }
-                Err(error) => tracing::error!(%error, %channel, "cannot encode recovered publication"),
+                Err(error) => {
+                    // Even the placeholder failed: the client would see a gap, so it must
+                    // not go on as if recovered.
+                    tracing::error!(%error, %channel, "cannot encode a recovered publication");
+                    self.close(Code::ServerError, "cannot encode a recovered publication", None, true);
+                    break;
+                }
             }
         }
         self.node.hub.go_live(&channel, self.conn, Some((&result.epoch, result.offset)));
@@ -440,15 +448,25 @@ impl Session {
         let max = self.node.config.limits.max_history_limit;
         let limit = params.limit.unwrap_or(max).min(max) as usize;
         let since = params.since.map_or(Since::Latest, Since::After);
-        let page = self.node.broker.history(&params.channel, since, limit, namespace.stream).await?;
-        let mut publications = Vec::with_capacity(page.publications.len());
-        for publication in &page.publications {
-            let data: serde_json::Value = serde_json::from_str(publication.data.get())
-                .map_err(switchboard_protocol::CodecError::from)?;
-            publications.push(wire_publication(publication, data));
-        }
-        let result = HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications };
-        self.reply_waiting(id, result).await;
+        // A reply must fit in the connection's outbound budget: the broker stops reading
+        // at half of it (payloads and events; envelopes and `from` add the rest), and a
+        // reply that still comes out larger is cut further. Either way `more` tells the
+        // client to continue after the last publication it got.
+        let budget = self.node.config.limits.outbound_queue_bytes;
+        let mut page =
+            self.node.broker.history(&params.channel, since, limit, budget / 2, namespace.stream).await?;
+        let mut more = page.truncated;
+        let message = loop {
+            let message = history_reply(id, &page, more, self.encoding)?;
+            let size = message_size(&message);
+            if size <= budget || page.publications.len() <= 1 {
+                break message;
+            }
+            let keep = (page.publications.len() * budget / size).min(page.publications.len() - 1);
+            page.publications.truncate(keep.max(1));
+            more = true;
+        };
+        self.outbox.push_waiting(message, self.outbound_wait()).await;
         Ok(())
     }
 
@@ -474,6 +492,12 @@ impl Session {
             .verify_connection(&params.token)
             .inspect_err(|error| self.count_auth_failure(error))?;
         let identity = self.identity.as_mut().unwrap_or_else(|| unreachable!("checked in handle"));
+        if identity.user.is_empty() {
+            return Err(CommandError::refused(
+                Code::NotAvailable,
+                "anonymous connections have no token to refresh",
+            ));
+        }
         if claims.sub.as_deref() != Some(identity.user.as_str()) {
             return Err(CommandError::Auth(AuthError::Claim("refresh token is for another user")));
         }

@@ -53,7 +53,9 @@ pub(crate) async fn run(
         let limits = &node.config.limits;
         let (outbox, rx) = outbox(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone());
         let (sink, stream) = socket.split();
-        let writer = tokio::spawn(writer::run(sink, rx, control.clone(), encoding, metrics.clone()));
+        let stall_timeout = Duration::from_millis(limits.outbound_wait_ms);
+        let writer =
+            tokio::spawn(writer::run(sink, rx, control.clone(), encoding, metrics.clone(), stall_timeout));
         let counted = node.try_add_connection();
         if counted {
             metrics.connections.inc();
@@ -343,17 +345,6 @@ impl Session {
         match codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
             Ok(message) => {
                 self.outbox.push(message, None);
-            }
-            Err(error) => self.reply_error(id, &CommandError::Codec(error)),
-        }
-    }
-
-    /// Queues a possibly large reply, waiting for room in the outbound queue.
-    async fn reply_waiting<R: serde::Serialize>(&self, id: u64, result: R) {
-        let reply = Reply { id, result: Some(result), error: None };
-        match codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
-            Ok(message) => {
-                self.outbox.push_waiting(message, self.outbound_wait()).await;
             }
             Err(error) => self.reply_error(id, &CommandError::Codec(error)),
         }

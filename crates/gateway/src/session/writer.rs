@@ -2,7 +2,9 @@
 //!
 //! The writer owns the socket's sink. It takes everything queued in the outbox at once,
 //! `feed`s it and flushes once per batch, so a burst of publications costs one syscall
-//! rather than one per frame. On close it writes a `disconnect` push and a close frame
+//! rather than one per frame. A batch keeps its outbound budget until the flush is done,
+//! and a batch that cannot be written within `limits.outbound_wait_ms` (the client stopped
+//! reading) closes the connection as a slow consumer. On close it writes a `disconnect` push and a close frame
 //! carrying the same code; whether queued frames go out first depends on the request
 //! (yes for a graceful shutdown, no for a slow consumer).
 
@@ -30,6 +32,7 @@ pub(crate) async fn run(
     control: Arc<ConnControl>,
     encoding: Encoding,
     metrics: Arc<Metrics>,
+    stall_timeout: Duration,
 ) {
     let mut batch = Vec::new();
     loop {
@@ -38,7 +41,12 @@ pub(crate) async fn run(
             // Waits until frames are queued; the loop ends through `control.closed()`.
             _ = rx.recv_many(&mut batch, BATCH) => {
                 let written = tokio::select! {
-                    result = write_batch(&mut sink, &mut batch, &rx, &metrics) => result,
+                    result = tokio::time::timeout(stall_timeout, write_batch(&mut sink, &mut batch, &rx, &metrics)) => {
+                        result.unwrap_or_else(|_| {
+                            control.close_as_slow_consumer();
+                            Err(())
+                        })
+                    }
                     () = abandoned(&control) => Err(()),
                 };
                 if written.is_err() {
@@ -88,20 +96,26 @@ async fn write_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    let mut bytes = 0;
+    // The whole batch's budget is held until the flush: until then its bytes sit in the
+    // WebSocket library's write buffer. Given back however the write ends (dropped on a
+    // timeout or a close included), so the budget never leaks.
+    struct Held<'a>(&'a OutboxReceiver, usize);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.release(self.1);
+        }
+    }
     let count = batch.len();
+    let held = Held(rx, batch.iter().map(|outgoing| outgoing.size).sum());
     for outgoing in batch.drain(..) {
-        bytes += outgoing.size;
         if let Some(received_at) = outgoing.received_at {
             metrics.publish_to_write.observe(received_at.elapsed().as_secs_f64());
         }
-        let fed = sink.feed(outgoing.message).await;
-        rx.release(outgoing.size);
-        fed.map_err(|error| tracing::debug!(%error, "write failed"))?;
+        sink.feed(outgoing.message).await.map_err(|error| tracing::debug!(%error, "write failed"))?;
     }
     sink.flush().await.map_err(|error| tracing::debug!(%error, "flush failed"))?;
     metrics.messages_out.inc_by(count as u64);
-    metrics.bytes_out.inc_by(bytes as u64);
+    metrics.bytes_out.inc_by(held.1 as u64);
     Ok(())
 }
 

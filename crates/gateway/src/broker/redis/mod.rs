@@ -188,7 +188,7 @@ impl RedisShared {
     }
 
     /// Writes every namespace's retention to `sb:namespaces`, where publishers read it.
-    async fn declare_namespaces(&self) -> Result<(), BrokerError> {
+    pub(super) async fn declare_namespaces(&self) -> Result<(), BrokerError> {
         let entries: Vec<(String, String)> = self
             .rules
             .namespaces()
@@ -213,6 +213,7 @@ impl RedisShared {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, BrokerError> {
+        self.connected()?;
         match self.client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await {
             Err(error) if error.details().contains("Function not found") => {
                 self.load_functions().await?;
@@ -233,20 +234,26 @@ impl RedisShared {
         (self.config.stream_meta_ttl_secs * 1000).max(stream.history_ttl.as_millis() as u64)
     }
 
-    /// One `sb_history` call: the epoch, the top offset and the publications.
+    /// One `sb_history` call: the epoch, the top offset and the publications (at most
+    /// `max_bytes` of them, as `sb_history` counts).
     async fn read(
         &self,
         channel: &str,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
         stream: StreamOptions,
-    ) -> Result<(Arc<str>, u64, Vec<Publication>), BrokerError> {
+    ) -> Result<HistoryPage, BrokerError> {
+        /// `sb_history` takes whole numbers of at most 15 digits.
+        const UNBOUNDED: usize = 999_999_999_999_999;
         let args = vec![
             if after.is_some() { "after" } else { "latest" }.to_string(),
             after.unwrap_or(0).to_string(),
             limit.to_string(),
             (stream.history_ttl.as_millis() as u64).to_string(),
             self.meta_ttl_ms(stream).to_string(),
+            (self.config.unpublished_stream_ttl_secs.max(1) * 1000).to_string(),
+            max_bytes.clamp(1, UNBOUNDED).to_string(),
         ];
         let reply = self.fcall("sb_history", vec![keys::stream(channel), keys::meta(channel)], args).await?;
         let Value::Array(items) = reply else {
@@ -255,6 +262,7 @@ impl RedisShared {
         let mut items = items.into_iter();
         let epoch: Arc<str> = Arc::from(items.next().and_then(|v| v.as_string()).unwrap_or_default());
         let top = items.next().as_ref().and_then(integer).unwrap_or(0);
+        let truncated = items.next().as_ref().and_then(integer) == Some(1);
         let name: Arc<str> = Arc::from(channel);
         let mut publications = Vec::new();
         while let (Some(offset), Some(ts), Some(body)) = (items.next(), items.next(), items.next()) {
@@ -270,13 +278,13 @@ impl RedisShared {
                 }
             }
         }
-        Ok((epoch, top, publications))
+        Ok(HistoryPage { epoch, top, publications, truncated })
     }
 
     /// The channel's current epoch and newest offset.
     async fn position(&self, channel: &str) -> Result<(Arc<str>, u64), BrokerError> {
-        let (epoch, top, _) = self.read(channel, None, 0, self.stream_options(channel)).await?;
-        Ok((epoch, top))
+        let page = self.read(channel, None, 0, usize::MAX, self.stream_options(channel)).await?;
+        Ok((page.epoch, page.top))
     }
 
     /// Publications after `from`, as far as the stream holds them.
@@ -287,11 +295,23 @@ impl RedisShared {
     ) -> Result<(Arc<str>, Vec<Publication>), BrokerError> {
         let stream = self.stream_options(channel);
         let limit = stream.history_size.clamp(1, 10_000);
-        let (epoch, _, publications) = self.read(channel, Some(from), limit, stream).await?;
-        Ok((epoch, publications))
+        let page = self.read(channel, Some(from), limit, usize::MAX, stream).await?;
+        Ok((page.epoch, page.publications))
+    }
+
+    /// Fails at once while the connection to Redis is known to be down, instead of
+    /// queueing the command until `command_timeout_ms` (docs/operations.md promises an
+    /// immediate 115 during an outage).
+    fn connected(&self) -> Result<(), BrokerError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("the connection to Redis is down".into()))
+        }
     }
 
     async fn publish_live(&self, channel: &str, message: String) -> Result<(), BrokerError> {
+        self.connected()?;
         let _: i64 = self.client.publish(keys::live(channel), message).await?;
         Ok(())
     }
@@ -383,21 +403,22 @@ impl Broker for RedisBroker {
         channel: &str,
         since: Since,
         limit: usize,
+        max_bytes: usize,
         stream: StreamOptions,
     ) -> Result<HistoryPage, BrokerError> {
         let after = match &since {
             Since::Latest => None,
             Since::After(position) => Some(position.offset),
         };
-        let (epoch, top, publications) = self.shared.read(channel, after, limit, stream).await?;
+        let page = self.shared.read(channel, after, limit, max_bytes, stream).await?;
         if let Since::After(position) = since {
-            let first = publications.first().and_then(|p| p.offset);
-            let continuous = position.offset == top || first == Some(position.offset + 1);
-            if *position.epoch != *epoch || position.offset > top || !continuous {
+            let first = page.publications.first().and_then(|p| p.offset);
+            let continuous = position.offset == page.top || first == Some(position.offset + 1);
+            if *position.epoch != *page.epoch || position.offset > page.top || !continuous {
                 return Err(BrokerError::PositionLost { offset: position.offset, epoch: position.epoch });
             }
         }
-        Ok(HistoryPage { epoch, top, publications })
+        Ok(page)
     }
 
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
@@ -451,6 +472,7 @@ impl Broker for RedisBroker {
     }
 
     async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
+        self.shared.connected()?;
         let value: Option<String> = self.shared.client.hget(keys::acks(channel), user).await?;
         Ok(value.and_then(|v| {
             let (offset, epoch) = v.split_once(':')?;
@@ -461,11 +483,13 @@ impl Broker for RedisBroker {
     async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
         let message = wire::control(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let channel = switchboard_protocol::channel::personal(user);
+        self.shared.connected()?;
         let receivers: i64 = self.shared.client.publish(keys::live(&channel), message).await?;
         Ok(receivers > 0)
     }
 
     async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
+        self.shared.connected()?;
         let live: Vec<String> = self.shared.client.pubsub_channels("sb:{*}:live").await?;
         let mut channels: Vec<String> =
             live.iter().filter_map(|l| keys::channel_of_live(l)).map(str::to_string).collect();

@@ -1,5 +1,6 @@
 //! The node registry: every node heartbeats its stats into Redis, and reads everybody's,
-//! so each node's metrics show the cluster's size and per-node load.
+//! so each node's metrics show the cluster's size and per-node load. The heartbeat also
+//! declares the node's namespaces again, so a wiped Redis has them back within one beat.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,6 +19,11 @@ pub(super) fn spawn(shared: Arc<RedisShared>) {
             tick.tick().await;
             if let Err(error) = heartbeat(&shared, interval).await {
                 tracing::debug!(%error, "node heartbeat failed");
+            }
+            // A wiped Redis (FLUSHALL with nodes connected) loses `sb:namespaces`, which
+            // publishers need; every heartbeat writes it again (one small HSET).
+            if let Err(error) = shared.declare_namespaces().await {
+                tracing::debug!(%error, "cannot declare namespaces");
             }
         }
     });

@@ -94,6 +94,10 @@ impl Subscriber {
     /// Registers one local subscriber of `channel`; resolves once Redis confirmed the
     /// node's subscription.
     pub(super) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        if !self.client.is_connected() {
+            // Fail fast, as every command does while Redis is known to be down.
+            return Err(BrokerError::Unavailable("the pub/sub connection to Redis is down".into()));
+        }
         let (tx, rx) = oneshot::channel();
         self.ops
             .send(Op::Subscribe(channel.to_string(), tx))
