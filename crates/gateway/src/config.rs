@@ -481,10 +481,11 @@ impl Config {
         if self.limits.max_nesting_depth > ceiling {
             return Err(ConfigError::Invalid(format!("limits.max_nesting_depth must be at most {ceiling}")));
         }
-        if self.limits.outbound_queue_bytes < 2 * self.limits.max_payload_bytes {
-            // One publication must always fit, with room for its envelope.
+        if self.limits.outbound_queue_bytes < self.limits.max_payload_bytes {
+            // A publication must fit in the budget (a larger frame passes only through an
+            // otherwise empty queue).
             return Err(ConfigError::Invalid(
-                "limits.outbound_queue_bytes must be at least twice limits.max_payload_bytes".into(),
+                "limits.outbound_queue_bytes must be at least limits.max_payload_bytes".into(),
             ));
         }
         if self.limits.max_pending_handshakes == 0 || self.limits.handshake_timeout_ms == 0 {

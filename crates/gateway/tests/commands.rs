@@ -168,21 +168,3 @@ async fn first_offered_subprotocol_wins() {
     }
     server.shutdown().await;
 }
-
-#[tokio::test]
-async fn history_larger_than_the_outbound_queue_is_delivered() {
-    let mut config = config();
-    config.limits.outbound_queue_bytes = 16 * 1024;
-    config.limits.commands_per_second = 10_000;
-    config.limits.command_burst = 10_000;
-    let server = TestServer::start(config).await;
-    let mut client = server.connect("u1", Encoding::Json).await;
-    let pad = "x".repeat(4000);
-    for n in 0..10 {
-        client.ok("publish", json!({"channel": "open:big", "data": {"n": n, "pad": pad}})).await;
-    }
-    let history = client.ok("history", json!({"channel": "open:big"})).await;
-    assert_eq!(history["publications"].as_array().unwrap().len(), 10);
-    client.ok("ping", serde_json::Value::Null).await;
-    server.shutdown().await;
-}

@@ -341,6 +341,12 @@ impl RedisShared {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        // A subscription needs working pub/sub: while the node is not ready (the probe
+        // stopped coming back, or a connection is down) it would only wait out the
+        // command timeout, so it fails at once like every other command.
+        if !self.is_ready() {
+            return Err(BrokerError::Unavailable("Redis pub/sub is not available".into()));
+        }
         self.subscriber.subscribe(channel).await
     }
 
