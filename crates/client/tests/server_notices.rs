@@ -133,8 +133,10 @@ async fn a_silent_server_is_detected_and_left() {
     let state = wait_for(&client, |s| matches!(s, ConnectionState::Disconnected { .. })).await;
     let ConnectionState::Disconnected { reason, .. } = state else { unreachable!() };
     assert!(reason.contains("nothing from the server"), "{reason}");
-    let second = tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(30), accepted.recv()).await.unwrap().unwrap();
+    // Not before the silence window ran out. How much later is the machine's business:
+    // that it happens at all is bounded by the timeouts above.
     let gap = second - first;
-    assert!(gap >= Duration::from_millis(1400) && gap < Duration::from_secs(4), "{gap:?}");
+    assert!(gap >= Duration::from_millis(1400), "left after {gap:?} of silence");
     client.close().await;
 }

@@ -160,11 +160,18 @@ async fn anonymous_only_when_enabled() {
 
 #[tokio::test]
 async fn commands_before_connect_are_refused_and_auth_times_out() {
+    // The refusal on a node with the default 10 s authentication timeout, so that the
+    // reply cannot race the close on a slow machine.
+    let server = TestServer::start(config()).await;
+    let mut client = server.open(Encoding::Json).await;
+    assert_eq!(client.err("subscribe", json!({"channel": "news"})).await.code, Code::NotConnected);
+    assert_eq!(client.err("ping", serde_json::Value::Null).await.code, Code::NotConnected);
+    server.shutdown().await;
+
     let mut config = config();
     config.auth.auth_timeout_ms = 300;
     let server = TestServer::start(config).await;
     let mut client = server.open(Encoding::Json).await;
-    assert_eq!(client.err("subscribe", json!({"channel": "news"})).await.code, Code::NotConnected);
     let (disconnect, closed) = client.closed().await;
     assert_eq!(disconnect.unwrap().code, Code::AuthTimeout);
     assert_eq!(closed.code(), Some(Code::AuthTimeout.as_u16()));
@@ -183,6 +190,16 @@ async fn subscription_tokens_and_channels_claim() {
     let other_user = token_with(Claims { channel: Some("private:deal-9".into()), ..claims("u2") });
     let error = client.err("subscribe", json!({"channel": "private:deal-9", "token": other_user})).await;
     assert_eq!(error.code, Code::InvalidToken);
+    // Expired beyond the leeway (5 s): 114, and the connection stays open.
+    let expired = token_with(Claims {
+        channel: Some("private:deal-9".into()),
+        exp: Some(auth::unix_now() - 60),
+        ..claims("u1")
+    });
+    let error = client.err("subscribe", json!({"channel": "private:deal-9", "token": expired})).await;
+    assert_eq!(error.code, Code::TokenExpired);
+    assert!(!error.temporary);
+    client.ok("ping", serde_json::Value::Null).await;
     let good = token_with(Claims { channel: Some("private:deal-9".into()), ..claims("u1") });
     client.ok("subscribe", json!({"channel": "private:deal-9", "token": good})).await;
 

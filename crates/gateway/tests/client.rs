@@ -148,8 +148,11 @@ async fn client_stops_on_a_do_not_reconnect_code() {
 }
 
 /// A full node answers every attempt with `3005 node_full` and a reconnect delay drawn
-/// from `[0, node.shutdown_reconnect_jitter_ms]`. The client's own backoff here is 0–50
-/// ms, so without the advice it would try ~40 times a second; with it, a few times.
+/// from `[0, node.shutdown_reconnect_jitter_ms]`. The client's own backoff here is 25–50
+/// ms, so without the advice seven retries take at most 350 ms plus connection time; with
+/// it, each waits a uniform 0–1000 ms, and seven of those sum to under 500 ms with
+/// probability 0.5^7/7! ≈ 1.6e-6. A slow machine only makes the retries slower, so it can
+/// hide a client that ignores the advice, never fail one that honours it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_backs_off_as_a_full_node_advises_and_connects_once_there_is_room() {
     let mut config = config();
@@ -159,23 +162,38 @@ async fn client_backs_off_as_a_full_node_advises_and_connects_once_there_is_room
     let holder = server.connect("holder", Encoding::Json).await;
     let mut client_config = client_config(vec![server.url()], "late", Encoding::Json);
     client_config.backoff = Backoff { base: Duration::from_millis(25), max: Duration::from_millis(50) };
+    let refused = || {
+        let node = server.node.clone();
+        move || {
+            let node = node.clone();
+            async move { node.metrics.disconnects.with_label_values(&["node_full"]).get() }
+        }
+    };
     let (client, _personal) = Client::connect(client_config);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = server.http_get("/metrics").await.1;
-    let refused: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("switchboard_disconnects_total{code=\"node_full\"} "))
-        .expect("node_full counted")
-        .parse()
-        .unwrap();
-    // Mean advice 500 ms: ~6 attempts in 3 s. Without it: over 100.
-    assert!((2.0..=20.0).contains(&refused), "{refused} attempts in 3 s");
+    let count = refused();
+    fixture::eventually("a first refusal", || {
+        let count = count();
+        async move { count.await >= 1 }
+    })
+    .await;
+    let first = tokio::time::Instant::now();
+    let count = refused();
+    fixture::eventually("eight refusals", || {
+        let count = count();
+        async move { count.await >= 8 }
+    })
+    .await;
+    let seven_retries = first.elapsed();
+    assert!(
+        seven_retries >= Duration::from_millis(500),
+        "seven retries in {seven_retries:?}: advice ignored"
+    );
     assert!(matches!(
         &*client.state().borrow(),
         ConnectionState::Disconnected { code: Some(Code::NodeFull), .. } | ConnectionState::Connecting
     ));
     drop(holder);
-    tokio::time::timeout(fixture::WAIT, client.wait_connected()).await.unwrap().unwrap();
+    tokio::time::timeout(fixture::PATIENCE, client.wait_connected()).await.unwrap().unwrap();
     server.shutdown().await;
 }
 
@@ -259,17 +277,20 @@ async fn client_asks_for_a_fresh_subscription_token_on_every_subscribe() {
 /// expiry), and again at the reconnect after a node goes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_asks_for_a_fresh_connection_token_on_refresh_and_on_reconnect() {
+    // The first token expires 8 s after it is minted and the server asks for a refresh
+    // 6 s before that: the refresh has about 6 s to go through, plenty on a slow machine.
     let mut short_lived = config();
-    short_lived.auth.refresh_ahead_secs = 2;
+    short_lived.auth.refresh_ahead_secs = 6;
     short_lived.auth.expired_grace_secs = 0;
+    short_lived.auth.leeway_secs = 0;
     let first = TestServer::start(short_lived.clone()).await;
     let second = TestServer::start(short_lived).await;
-    let first_expiry = unix_now() + 3;
+    let first_expiry = unix_now() + 8;
     let calls = Arc::new(AtomicUsize::new(0));
     let provider: TokenProvider = {
         let calls = calls.clone();
         Arc::new(move || {
-            // The first token expires in 3 s; every later one lasts an hour.
+            // The first token expires soon; every later one lasts an hour.
             let exp =
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 { first_expiry } else { unix_now() + 3600 };
             let claims = Claims { sub: Some("refresher".into()), exp: Some(exp), ..Claims::default() };
@@ -287,17 +308,15 @@ async fn client_asks_for_a_fresh_connection_token_on_refresh_and_on_reconnect() 
     state.borrow_and_update();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    tokio::time::timeout(fixture::WAIT, async {
-        while calls.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    fixture::eventually("the refresh push asked the provider again", || {
+        let calls = calls.clone();
+        async move { calls.load(Ordering::SeqCst) >= 2 }
     })
-    .await
-    .expect("the refresh push asked the provider again");
-    // Past the first token's expiry (grace 0): had the refresh not been applied, the
-    // server would have closed the connection and the state would have changed.
-    let past_expiry = Duration::from_secs((first_expiry + 2).saturating_sub(unix_now()));
-    tokio::time::sleep(past_expiry).await;
+    .await;
+    // Past the first token's expiry (grace 0) by the wall clock the server uses: had the
+    // refresh not been applied, the server would have closed the connection by then.
+    fixture::eventually("the first token's expiry passes", || async { unix_now() > first_expiry + 1 }).await;
+    client.call("ping", serde_json::Value::Null).await.unwrap();
     assert!(!state.has_changed().unwrap(), "connection changed: {:?}", *state.borrow());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 

@@ -100,11 +100,10 @@ async fn route_by_interest_only_subscribed_nodes_receive_a_channel() {
     a.ok("unsubscribe", json!({"channel": "chat:interest"})).await;
     assert_eq!(numsub(&redis), "1");
     a2.ok("unsubscribe", json!({"channel": "chat:interest"})).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while numsub(&redis) != "0" {
-        assert!(tokio::time::Instant::now() < deadline, "node kept a subscription without local subscribers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fixture::eventually("the node drops its subscription without local subscribers", || async {
+        numsub(&redis) == "0"
+    })
+    .await;
 }
 
 /// A subscriber that follows the protocol's reconnect rule: remember the last position,
@@ -194,9 +193,10 @@ async fn node_killed_mid_stream_clients_resume_on_another_node() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
-    while progress.load(std::sync::atomic::Ordering::SeqCst) < 4 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    fixture::eventually("every follower received the first 50", || async {
+        progress.load(std::sync::atomic::Ordering::SeqCst) >= 4
+    })
+    .await;
     nodes[0].kill9();
     for follower in followers {
         let (user, received, reconnects) = follower.await.unwrap();
@@ -295,11 +295,8 @@ async fn redis_outage_keeps_clients_and_answers_unavailable() {
     let mut client = connect_url(&nodes[0].ws_url(), "s", Encoding::Json).await;
     client.ok("subscribe", json!({"channel": "chat:outage"})).await;
     redis.stop();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while nodes[0].get("/readyz").0 != 503 {
-        assert!(tokio::time::Instant::now() < deadline, "readiness stayed green without Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fixture::eventually("readiness turns red without Redis", || async { nodes[0].get("/readyz").0 == 503 })
+        .await;
     let error = client.err("publish", json!({"channel": "chat:outage", "data": 1})).await;
     assert_eq!(error.code, Code::Unavailable);
     assert!(error.temporary);
@@ -405,11 +402,10 @@ async fn redis_cli_publish_reaches_clients_on_every_node() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&refused.stdout).contains("data"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while nodes[0].metric("switchboard_cluster_nodes") != Some(3.0) {
-        assert!(tokio::time::Instant::now() < deadline, "registry does not show three nodes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fixture::eventually("the registry shows three nodes", || async {
+        nodes[0].metric("switchboard_cluster_nodes") == Some(3.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,15 +417,13 @@ async fn probe_marks_the_node_not_ready_while_pub_sub_is_stuck() {
     client.ok("subscribe", json!({"channel": "chat:probe"})).await;
     // Stall every write, PUBLISH included, while the TCP connections stay up: to the node
     // this looks exactly like a pub/sub subscription that silently stopped delivering.
-    redis.cli(&["CLIENT", "PAUSE", "5000", "WRITE"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while nodes[0].get("/readyz").0 != 503 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness stayed green while probes did not come back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The pause outlasts any wait below; it is lifted once the node noticed.
+    redis.cli(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    fixture::eventually("readiness turns red while probes do not come back", || async {
+        nodes[0].get("/readyz").0 == 503
+    })
+    .await;
+    redis.cli(&["CLIENT", "UNPAUSE"]);
     nodes[0].wait_ready();
     client.ok("publish", json!({"channel": "chat:probe", "data": "after"})).await;
     assert_eq!(client.publication().await.data, json!("after"));
@@ -468,15 +462,12 @@ async fn http_api_acts_on_a_user_connected_to_another_node() {
     let (disconnect, _) = phone.closed().await;
     assert_eq!(disconnect.unwrap().code, Code::ForceDisconnect);
     // Once the node has dropped the user's personal channel, nobody holds the user.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    fixture::eventually("no node holds u5 any more", || async {
         let (status, body) = api("/api/v1/users/disconnect", json!({"user": "u5"})).await.unwrap();
-        if status == 404 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        assert!(status == 202 || status == 404, "{status}: {body}");
+        status == 404
+    })
+    .await;
     let channels = switchboard_testkit::http(
         nodes[0].addr(),
         "GET",

@@ -11,7 +11,7 @@ use fixture::{config, Client, TestServer};
 use futures_util::StreamExt;
 use serde_json::json;
 use switchboard_protocol::{Code, Encoding};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 async fn publish_n(client: &mut Client, channel: &str, range: std::ops::RangeInclusive<u64>) {
     for n in range {
@@ -162,25 +162,27 @@ async fn slow_consumer_is_disconnected_and_others_keep_receiving() {
             assert_eq!(publication.offset, Some(expected));
         }
     });
+    // The slow client reads nothing until the server has decided to close it, then reads
+    // at once: the server gives its final disconnect push and close frame 2 s to be
+    // written, which a client that starts reading then leaves ample time for.
+    let node = server.node.clone();
+    let slow_reader = tokio::spawn(async move {
+        fixture::eventually("the slow consumer is closed", || {
+            let node = node.clone();
+            async move { node.metrics.slow_consumers.get() >= 1 }
+        })
+        .await;
+        slow.closed().await
+    });
     for n in 1..=total {
         publisher.ok("publish", json!({"channel": "open:feed", "data": {"n": n, "pad": payload}})).await;
     }
-    tokio::time::timeout(Duration::from_secs(30), fast_reader).await.unwrap().unwrap();
-    // The slow client never read; its connection was closed as a slow consumer.
-    let mut disconnect_code = None;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), slow.ws.next()).await.unwrap() {
-            Some(Ok(Message::Close(frame))) => {
-                disconnect_code = frame.map(|f| u16::from(f.code));
-                break;
-            }
-            Some(Ok(_)) => continue,
-            None | Some(Err(_)) => break,
-        }
-    }
-    if let Some(code) = disconnect_code {
-        assert_eq!(code, Code::SlowConsumer.as_u16());
-    }
+    tokio::time::timeout(Duration::from_secs(60), fast_reader).await.unwrap().unwrap();
+    let (disconnect, closed) =
+        tokio::time::timeout(Duration::from_secs(60), slow_reader).await.unwrap().unwrap();
+    let disconnect = disconnect.expect("a disconnect push before the close");
+    assert_eq!((disconnect.code, disconnect.reconnect), (Code::SlowConsumer, true));
+    assert_eq!(closed.code(), Some(Code::SlowConsumer.as_u16()));
     let metrics = server.http_get("/metrics").await.1;
     assert!(metrics.contains("switchboard_slow_consumer_disconnects_total 1"), "{metrics}");
     assert!(metrics.contains("switchboard_disconnects_total{code=\"slow_consumer\"} 1"), "{metrics}");
@@ -193,27 +195,24 @@ async fn heartbeat_closes_silent_connections_and_keeps_live_ones() {
     config.heartbeat.ping_interval_ms = 200;
     config.heartbeat.pong_timeout_ms = 300;
     let server = TestServer::start(config).await;
-    let mut silent = server.connect("silent", Encoding::Json).await;
+    // `silent` never writes anything, so it never answers a ping; being a raw socket, it
+    // can read the server's close afterwards without provoking a reset.
+    let mut silent = fixture::RawSocket::connect(server.addr, "silent").await;
     let mut live = server.connect("live", Encoding::Json).await;
-    // `live` reads (and so answers pings automatically) for well past the timeout.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    // `live` reads (and so answers pings automatically) until it saw three pings: 600 ms
+    // of pings at least, past the 500 ms after which a silent connection is closed.
     let mut pings = 0;
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, live.ws.next()).await {
-        assert!(matches!(message, Message::Ping(_)), "unexpected {message:?}");
-        pings += 1;
+    while pings < 3 {
+        let message = tokio::time::timeout(fixture::WAIT, live.ws.next()).await.expect("a ping in time");
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected server pings, got {other:?}"),
+        }
     }
-    assert!(pings >= 3, "expected server pings, got {pings}");
     live.ok("ping", serde_json::Value::Null).await;
-    // `silent` did not read, so it never answered a ping. Reading now makes the client
-    // answer stale pings on a socket the server has closed, which may reset it before the
-    // close frame is read: the metric is the reliable witness, the frame is checked if read.
-    let (disconnect, closed) = silent.closed().await;
-    if let Some(disconnect) = disconnect {
-        assert_eq!(disconnect.code, Code::HeartbeatTimeout);
-    }
-    if let Some(code) = closed.code() {
-        assert_eq!(code, Code::HeartbeatTimeout.as_u16());
-    }
+    let (disconnect, code) = silent.closed().await;
+    assert_eq!(disconnect.expect("a disconnect push").code, Code::HeartbeatTimeout);
+    assert_eq!(code, Some(Code::HeartbeatTimeout.as_u16()));
     let metrics = server.http_get("/metrics").await.1;
     assert!(metrics.contains("switchboard_disconnects_total{code=\"heartbeat_timeout\"} 1"), "{metrics}");
     server.shutdown().await;
@@ -243,4 +242,33 @@ async fn graceful_shutdown_flushes_queues_then_advises_reconnect() {
     assert_eq!(closed.code(), Some(Code::Shutdown.as_u16()));
     assert!(!server.node.is_ready());
     server.stopped().await;
+}
+
+/// Protocol §1.3: while a node drains, an upgrade is refused with HTTP 503 `draining`,
+/// before the `Origin` check, and `/readyz` says so.
+#[tokio::test]
+async fn a_draining_node_refuses_upgrades_with_503() {
+    let mut config = config();
+    config.limits.allowed_origins = vec!["https://app.example".into()];
+    let server = TestServer::start(config).await;
+    let mut client = server.connect("held", Encoding::Json).await;
+    // The drain as a shutdown starts it, with the listener still serving HTTP.
+    server.node.begin_shutdown();
+    let (status, body) = fixture::refused_upgrade(&server.url()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("draining")), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let mut from_elsewhere = server.url().into_client_request().unwrap();
+    from_elsewhere.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(from_elsewhere).await.err();
+    match refused {
+        Some(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let (status, body) = server.http_get("/readyz").await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, body["ready"].clone(), body["draining"].clone()), (503, json!(false), json!(true)));
+    // The connection that was there is told to go.
+    let (disconnect, _) = client.closed().await;
+    assert_eq!(disconnect.unwrap().code, Code::Shutdown);
+    server.shutdown().await;
 }

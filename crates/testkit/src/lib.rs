@@ -8,13 +8,35 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 /// How long a process may take to become ready.
 pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// How long a process may take to exit after SIGTERM, and a `redis-cli` call to finish,
+/// before the test fails instead of hanging.
+pub const STOP: Duration = Duration::from_secs(30);
+
+/// Waits for `child` to exit, at most `timeout`; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// SIGKILL and reap: never blocks for long, as SIGKILL ends even a stopped process.
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = wait_timeout(child, STOP);
+}
 
 /// A free TCP port on 127.0.0.1 (never 6379: the OS hands out ephemeral ports).
 ///
@@ -99,32 +121,73 @@ impl RedisServer {
     /// Runs `redis-cli` against this server and returns its stdout.
     ///
     /// # Panics
-    /// When `redis-cli` is missing or fails.
+    /// When `redis-cli` is missing, fails, or does not finish within [`STOP`] (a stalled
+    /// server fails the test instead of hanging it).
     #[allow(clippy::expect_used)]
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
+        let child = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("redis-cli is installed");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel::<std::io::Result<Output>>();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let Ok(output) = rx.recv_timeout(STOP) else {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("redis-cli {args:?} did not finish within {STOP:?}");
+        };
+        let output = output.expect("redis-cli ran");
         assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as
+    /// with a Redis stuck on a slow disk or a long fork. [`RedisServer::resume`] undoes it;
+    /// dropping the server kills it either way.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "STOP");
+        }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "CONT");
+        }
+    }
+
     /// Stops the server gracefully (SIGTERM): with append-only persistence, everything
     /// acknowledged is on disk.
+    ///
+    /// # Panics
+    /// When it does not exit within [`STOP`] (it is then killed).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            signal(&child, "CONT");
             signal(&child, "TERM");
-            let _ = child.wait();
+            if wait_timeout(&mut child, STOP).is_none() {
+                kill_and_reap(&mut child);
+                panic!("redis-server on port {} did not exit within {STOP:?} of SIGTERM", self.port);
+            }
         }
     }
 
     /// Kills the server at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 
@@ -258,17 +321,23 @@ impl Gateway {
     /// SIGKILL: the node dies without any cleanup.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 
-    /// SIGTERM and wait for a graceful exit; returns whether it exited successfully.
+    /// SIGTERM and wait for a graceful exit; returns whether it exited successfully
+    /// within [`STOP`] (a node still running then is killed, and `false` returned).
     pub fn terminate(&mut self) -> bool {
         match self.child.take() {
             Some(mut child) => {
                 signal(&child, "TERM");
-                child.wait().is_ok_and(|status| status.success())
+                match wait_timeout(&mut child, STOP) {
+                    Some(status) => status.success(),
+                    None => {
+                        kill_and_reap(&mut child);
+                        false
+                    }
+                }
             }
             None => false,
         }
@@ -325,8 +394,7 @@ impl Haproxy {
 impl Drop for Haproxy {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 }
