@@ -24,6 +24,8 @@ enum Scenario {
     Failover(scenarios::failover::Failover),
     /// What the kernel alone charges here per delivery and per connection (no gateway).
     Floor(scenarios::floor::Floor),
+    /// Churn for a while: gateway RSS, descriptors, tasks and Redis keys before and after.
+    Soak(scenarios::soak::Soak),
 }
 
 #[tokio::main]
@@ -36,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Connect(s) => ("connect", scenarios::connect::run(s).await?),
         Scenario::Failover(s) => ("failover", scenarios::failover::run(s).await?),
         Scenario::Floor(s) => ("floor", scenarios::floor::run(s).await?),
+        Scenario::Soak(s) => ("soak", scenarios::soak::run(s).await?),
     };
     report(name, &result);
     Ok(())

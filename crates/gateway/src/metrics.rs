@@ -58,6 +58,9 @@ pub struct Metrics {
     pub broker_probe_failures: IntCounter,
     /// Live messages or stream entries that could not be decoded.
     pub broker_invalid_messages: IntCounter,
+    /// Tasks alive in the node's async runtime (sampled when `/metrics` is read): a number
+    /// that grows without bound means a leak.
+    pub runtime_tasks: IntGauge,
     /// TCP connections accepted that have not (yet) become WebSockets.
     pub pending_handshakes: IntGauge,
     /// TCP connections dropped before completing an HTTP request, by reason
@@ -148,6 +151,7 @@ impl Metrics {
                 "broker_invalid_messages_total",
                 "Undecodable live messages or stream entries",
             ),
+            runtime_tasks: gauge("runtime_tasks", "Tasks alive in the node's async runtime"),
             pending_handshakes: gauge(
                 "pending_handshakes",
                 "TCP connections accepted that have not become WebSockets",
@@ -181,6 +185,9 @@ impl Metrics {
 
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(%error, "cannot render metrics");

@@ -84,6 +84,7 @@ fn every_metric_is_documented() {
     metrics.command_errors.with_label_values(&["x"]);
     metrics.disconnects.with_label_values(&["x"]);
     metrics.cluster_node_connections.with_label_values(&["x"]);
+    metrics.handshakes_dropped.with_label_values(&["x"]);
     let mut registered = BTreeMap::new();
     let rendered = metrics.render();
     for line in rendered.lines() {

@@ -2,6 +2,8 @@
 //! cannot be re-encoded, per-connection memory, state left by reads, slowloris, and
 //! commands waiting on a Redis that is known to be down.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod fixture;
 
 use std::{

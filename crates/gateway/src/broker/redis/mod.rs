@@ -108,6 +108,18 @@ impl RedisBroker {
         Ok(broker)
     }
 
+    /// Fails at once while the node is not ready (a connection to Redis is down or the
+    /// pub/sub probe stopped coming back): a command would otherwise wait out
+    /// `command_timeout_ms` for a Redis that is known to be gone (docs/operations.md,
+    /// "During a Redis outage", promises an immediate 115).
+    fn available(&self) -> Result<(), BrokerError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("Redis is unavailable (the node is not ready)".into()))
+        }
+    }
+
     /// Refreshes this node's presence entries and expires dead ones (emitting their
     /// leave events) well within the presence TTL.
     fn spawn_presence_keeper(&self) {
@@ -341,12 +353,7 @@ impl RedisShared {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        // A subscription needs working pub/sub: while the node is not ready (the probe
-        // stopped coming back, or a connection is down) it would only wait out the
-        // command timeout, so it fails at once like every other command.
-        if !self.is_ready() {
-            return Err(BrokerError::Unavailable("Redis pub/sub is not available".into()));
-        }
+        self.available()?;
         self.subscriber.subscribe(channel).await
     }
 
@@ -361,6 +368,7 @@ impl Broker for RedisBroker {
         publication: NewPublication,
         stream: StreamOptions,
     ) -> Result<Option<StreamPosition>, BrokerError> {
+        self.available()?;
         let body = wire::body(publication.event.as_deref(), &publication.data, publication.from.as_ref())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         if publication.ephemeral {
@@ -395,6 +403,7 @@ impl Broker for RedisBroker {
     }
 
     async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
+        self.available()?;
         let message = match &event {
             ChannelEvent::Join(client) => wire::presence_event(true, client),
             ChannelEvent::Leave(client) => wire::presence_event(false, client),
@@ -412,6 +421,7 @@ impl Broker for RedisBroker {
         max_bytes: usize,
         stream: StreamOptions,
     ) -> Result<HistoryPage, BrokerError> {
+        self.available()?;
         let after = match &since {
             Since::Latest => None,
             Since::After(position) => Some(position.offset),
@@ -428,6 +438,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
+        self.available()?;
         let ttl_ms = self.shared.config.presence_ttl_secs.max(1) * 1000;
         let info = serde_json::to_string(&client).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let args = vec![client.client.clone(), client.user.clone(), info, ttl_ms.to_string()];
@@ -437,6 +448,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError> {
+        self.available()?;
         if let dashmap::Entry::Occupied(mut entry) = self.local_presence.entry(channel.to_string()) {
             entry.get_mut().remove(client_id);
             if entry.get().is_empty() {
@@ -451,6 +463,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
+        self.available()?;
         let reply = strings(self.shared.fcall("sb_presence_list", presence_keys(channel), Vec::new()).await?);
         let split = reply.iter().position(String::is_empty).unwrap_or(reply.len());
         let (expired, present) = reply.split_at(split);
@@ -459,6 +472,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
+        self.available()?;
         let reply = self.shared.fcall("sb_presence_stats", presence_keys(channel), Vec::new()).await?;
         let Value::Array(items) = reply else {
             return Err(BrokerError::Unavailable("unexpected sb_presence_stats reply".into()));
@@ -471,6 +485,7 @@ impl Broker for RedisBroker {
     }
 
     async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError> {
+        self.available()?;
         let ttl_ms = self.shared.meta_ttl_ms(self.shared.stream_options(channel));
         let args = vec![user.to_string(), position.offset.to_string(), position.epoch, ttl_ms.to_string()];
         self.shared.fcall("sb_ack", vec![keys::acks(channel)], args).await?;
@@ -478,6 +493,7 @@ impl Broker for RedisBroker {
     }
 
     async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
+        self.available()?;
         self.shared.connected()?;
         let value: Option<String> = self.shared.client.hget(keys::acks(channel), user).await?;
         Ok(value.and_then(|v| {
@@ -487,6 +503,7 @@ impl Broker for RedisBroker {
     }
 
     async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
+        self.available()?;
         let message = wire::control(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let channel = switchboard_protocol::channel::personal(user);
         self.shared.connected()?;
@@ -495,6 +512,7 @@ impl Broker for RedisBroker {
     }
 
     async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
+        self.available()?;
         self.shared.connected()?;
         let live: Vec<String> = self.shared.client.pubsub_channels("sb:{*}:live").await?;
         let mut channels: Vec<String> =
@@ -504,6 +522,7 @@ impl Broker for RedisBroker {
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        self.available()?;
         let nodes: std::collections::HashMap<String, String> =
             self.shared.client.hgetall(keys::NODES).await?;
         let mut nodes: Vec<serde_json::Value> = nodes
