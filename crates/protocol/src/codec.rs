@@ -94,7 +94,8 @@ impl CommandDecodeError {
     }
 }
 
-const METHODS: &[&str] = &[
+/// Every method of protocol v1, as it appears in a command's `method` field.
+pub const METHODS: &[&str] = &[
     "connect",
     "subscribe",
     "unsubscribe",

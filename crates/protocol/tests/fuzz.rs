@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use switchboard_protocol::{
     channel,
-    codec::{decode_command, decode_server_frame, encode},
+    codec::{decode_command, decode_server_frame, encode, METHODS},
     payload::json_depth,
     redis, Encoding,
 };
@@ -34,20 +34,6 @@ fn any_value() -> impl Strategy<Value = Value> {
     })
 }
 
-const METHODS: &[&str] = &[
-    "connect",
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "presence",
-    "presence_stats",
-    "history",
-    "refresh",
-    "ack",
-    "ping",
-    "fly",
-];
-
 /// Frames shaped like commands, with plausible and implausible fields mixed.
 fn command_like() -> impl Strategy<Value = Value> {
     let params = prop_oneof![
@@ -59,7 +45,8 @@ fn command_like() -> impl Strategy<Value = Value> {
             json!({"channel": channel, "recover": {"offset": offset, "epoch": epoch}, "limit": offset % 5000})
         }),
     ];
-    (any_value(), prop::sample::select(METHODS), params).prop_map(|(id, method, params)| {
+    let methods: Vec<&str> = METHODS.iter().copied().chain(["fly", ""]).collect();
+    (any_value(), prop::sample::select(methods), params).prop_map(|(id, method, params)| {
         let id = if id.is_u64() || id.is_null() { id } else { json!(7) };
         json!({"id": id, "method": method, "params": params})
     })
