@@ -74,11 +74,17 @@ pub async fn run(settings: Soak) -> anyhow::Result<Value> {
         workers.push(tokio::spawn(async move { churn(worker, &settings, &counts, deadline).await }));
     }
     let mut peak = start.clone();
+    let mut series = Vec::new();
     let mut first_error = None;
+    let began = Instant::now();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs_f64(settings.sample_every.max(0.5))).await;
         let now = sample(&settings).await?;
         peak = peak.max_with(&now);
+        let mut point = now.to_json();
+        point["at_seconds"] = json!(began.elapsed().as_secs());
+        point["cycles"] = json!(counts.cycles.load(Ordering::Relaxed));
+        series.push(point);
     }
     for worker in workers {
         if let Err(error) = worker.await? {
@@ -99,6 +105,7 @@ pub async fn run(settings: Soak) -> anyhow::Result<Value> {
         "start": start.to_json(),
         "peak": peak.to_json(),
         "end": end.to_json(),
+        "samples": series,
     }))
 }
 
