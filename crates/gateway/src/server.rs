@@ -108,10 +108,11 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let connection = serve_connection(&http, router.clone(), stream, remote);
-        connections.spawn(handshake(connection, permit, node.metrics.clone(), stop.clone()));
+        let connection = serve_connection(&http, router.clone(), stream, remote, stop.clone());
+        connections.spawn(handshake(connection, permit, node.metrics.clone()));
     }
-    // Sessions are gone; let in-flight HTTP requests finish, briefly.
+    // Sessions are gone: in-flight HTTP requests finish, idle keep-alive connections
+    // close, within a short bound.
     stop.cancel();
     connections.close();
     if tokio::time::timeout(Duration::from_secs(2), connections.wait()).await.is_err() {
@@ -122,20 +123,32 @@ pub async fn serve(
 }
 
 /// One accepted TCP connection served as HTTP/1 with upgrades; it resolves once the
-/// connection closed or became a WebSocket (the session then runs on its own task).
+/// connection closed or became a WebSocket (the session then runs on its own task). When
+/// `stop` fires (the node drained its sessions), an in-flight request is finished and
+/// the connection closed.
 fn serve_connection(
     http: &hyper::server::conn::http1::Builder,
     router: axum::Router,
     stream: TcpStream,
     remote: SocketAddr,
+    stop: CancellationToken,
 ) -> impl Future<Output = Result<(), hyper::Error>> + Send {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         let mut router = router.clone();
         async move { tower_service::Service::call(&mut router, request).await }
     });
-    let mut connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
-    async move { std::future::poll_fn(|cx| std::pin::Pin::new(&mut connection).poll(cx)).await }
+    let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    async move {
+        tokio::pin!(connection);
+        tokio::select! {
+            outcome = connection.as_mut() => outcome,
+            () = stop.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    }
 }
 
 /// Holds a pending-handshake permit while `connection` is plain HTTP, and counts
@@ -144,15 +157,9 @@ async fn handshake(
     connection: impl Future<Output = Result<(), hyper::Error>>,
     permit: OwnedSemaphorePermit,
     metrics: Arc<crate::metrics::Metrics>,
-    stop: CancellationToken,
 ) {
     metrics.pending_handshakes.inc();
-    let outcome = tokio::select! {
-        outcome = connection => outcome,
-        // Shutdown: an idle keep-alive connection would otherwise hold the node open.
-        () = stop.cancelled() => Ok(()),
-    };
-    if let Err(error) = outcome {
+    if let Err(error) = connection.await {
         if error.is_timeout() {
             metrics.handshakes_dropped.with_label_values(&["timeout"]).inc();
         }

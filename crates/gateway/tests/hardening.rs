@@ -223,16 +223,30 @@ async fn reads_of_unpublished_channels_leave_no_lasting_state_in_redis() {
         info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse::<u64>().unwrap()
     };
     let (keys_before, memory_before) = (dbsize(), used_memory());
-    for batch in 0..100 {
-        let mut ids = Vec::new();
-        for n in 0..1000 {
-            let channel = format!("big:never-{batch}-{n}");
-            ids.push(client.send("history", json!({"channel": channel, "limit": 0})).await);
-        }
-        for id in ids {
-            assert!(client.reply(id).await.error.is_none());
-        }
+    // 100 000 distinct names over four connections (the node serves each connection's
+    // commands in order; four keep both cores busy).
+    let mut readers = Vec::new();
+    for reader in 0..4 {
+        let mut connection =
+            fixture::connect_url(&node.ws_url(), &format!("reader{reader}"), Encoding::Json).await;
+        readers.push(tokio::spawn(async move {
+            for batch in 0..25 {
+                let mut ids = Vec::new();
+                for n in 0..1000 {
+                    let channel = format!("big:never-{reader}-{batch}-{n}");
+                    ids.push(connection.send("history", json!({"channel": channel, "limit": 0})).await);
+                }
+                for id in ids {
+                    assert!(connection.reply(id).await.error.is_none());
+                }
+            }
+        }));
     }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // A fresh connection: the first one sat unread through the reads, past its heartbeat.
+    let mut client = fixture::connect_url(&node.ws_url(), "reader", Encoding::Json).await;
     client.ok("subscribe", json!({"channel": "big:never-sub"})).await;
     client.ok("unsubscribe", json!({"channel": "big:never-sub"})).await;
     let deadline = Instant::now() + Duration::from_secs(60);
