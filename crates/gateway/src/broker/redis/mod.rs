@@ -48,6 +48,11 @@ pub(crate) struct RedisShared {
     rules: Arc<ChannelRules>,
 }
 
+/// Broadcast capacity of the command client's event channels (fred's default).
+const COMMAND_BROADCAST_CAPACITY: usize = 32;
+/// Broadcast capacity of the subscriber client: live messages wait here for the reader.
+const SUBSCRIBER_BROADCAST_CAPACITY: usize = 1 << 16;
+
 /// The Redis broker.
 pub struct RedisBroker {
     shared: Arc<RedisShared>,
@@ -71,12 +76,17 @@ impl RedisBroker {
         let mut redis_config = Config::from_url(&config.url)?;
         redis_config.fail_fast = true;
         let command_timeout = Duration::from_millis(config.command_timeout_ms);
-        let builder = {
-            let mut builder = Builder::from_config(redis_config);
+        // fred preallocates every broadcast channel of a client (messages, errors,
+        // reconnections, ...) at this capacity, ~10 MB each at 65 536 slots. Only the
+        // subscriber's message stream needs depth (bursts of live traffic); the command
+        // client keeps fred's default (measured: cluster-mode RSS at start 87 MB -> see
+        // docs/BENCHMARKS.md).
+        let builder = |broadcast_capacity: usize| {
+            let mut builder = Builder::from_config(redis_config.clone());
             builder
                 .with_performance_config(|performance| {
                     performance.default_command_timeout = command_timeout;
-                    performance.broadcast_channel_capacity = 1 << 16;
+                    performance.broadcast_channel_capacity = broadcast_capacity;
                 })
                 .with_connection_config(|connection| {
                     connection.connection_timeout = Duration::from_secs(2);
@@ -86,8 +96,8 @@ impl RedisBroker {
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
             builder
         };
-        let client = builder.build()?;
-        let pubsub: SubscriberClient = builder.build_subscriber_client()?;
+        let client = builder(COMMAND_BROADCAST_CAPACITY).build()?;
+        let pubsub: SubscriberClient = builder(SUBSCRIBER_BROADCAST_CAPACITY).build_subscriber_client()?;
         let shared = Arc::new(RedisShared {
             client: client.clone(),
             config: config.clone(),
