@@ -119,6 +119,10 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
     };
     let key = match &args.private_key_file {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None if config.auth.algorithm != "HS256" => anyhow::bail!(
+            "auth.algorithm is {}: pass the signing key with --private-key-file",
+            config.auth.algorithm
+        ),
         None => auth::hmac_secret(&config.auth)?
             .context("no HS256 secret configured (set SWITCHBOARD_AUTH__HMAC_SECRET, auth.hmac_secret_file, or pass --dev)")?
             .into_bytes(),

@@ -13,12 +13,20 @@ mod registry;
 mod subscriber;
 pub mod wire;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use fred::{clients::SubscriberClient, prelude::*};
 use switchboard_protocol::{ClientInfo, StreamPosition};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Broker, BrokerError, ChannelEvent, Control, EventSink, HistoryPage, NewPublication, PresenceStats,
@@ -41,11 +49,47 @@ impl From<fred::error::Error> for BrokerError {
 /// What the broker's tasks share.
 pub(crate) struct RedisShared {
     client: Client,
+    /// Set while the command client's connection is known to be down (see [`link_down`]).
+    command_link_down: Arc<AtomicBool>,
+    /// Set while the subscriber client's connection is known to be down.
+    pubsub_link_down: Arc<AtomicBool>,
     config: BrokerConfig,
     node_id: String,
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     rules: Arc<ChannelRules>,
+}
+
+/// A flag that is set while `client`'s connection is known to be down: fred broadcasts a
+/// connection error when the socket closes (and at every failed reconnect) and a
+/// reconnect event once it is back. fred's own `is_connected()` stays true while it
+/// retries, so commands would otherwise wait out their timeout. Must be called before the
+/// client connects, so that no event is missed.
+fn link_down(client: &impl EventInterface) -> Arc<AtomicBool> {
+    let down = Arc::new(AtomicBool::new(false));
+    let (mut errors, mut connects) = (client.error_rx(), client.reconnect_rx());
+    let flag = down.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                // Errors first: an error broadcast before a reconnect event must not be
+                // applied after it.
+                biased;
+                error = errors.recv() => match error {
+                    Ok((error, _)) if matches!(error.kind(), ErrorKind::IO | ErrorKind::Canceled) => {
+                        flag.store(true, Ordering::Release);
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                connect = connects.recv() => match connect {
+                    Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::Release),
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    down
 }
 
 /// Broadcast capacity of the command client's event channels (fred's default).
@@ -99,6 +143,8 @@ impl RedisBroker {
         let client = builder(COMMAND_BROADCAST_CAPACITY).build()?;
         let pubsub: SubscriberClient = builder(SUBSCRIBER_BROADCAST_CAPACITY).build_subscriber_client()?;
         let shared = Arc::new(RedisShared {
+            command_link_down: link_down(&client),
+            pubsub_link_down: link_down(&pubsub),
             client: client.clone(),
             config: config.clone(),
             node_id: node_id.to_string(),
@@ -116,18 +162,6 @@ impl RedisBroker {
         broker.spawn_presence_keeper();
         registry::spawn(broker.shared.clone());
         Ok(broker)
-    }
-
-    /// Fails at once while the node is not ready (a connection to Redis is down or the
-    /// pub/sub probe stopped coming back): a command would otherwise wait out
-    /// `command_timeout_ms` for a Redis that is known to be gone (docs/operations.md,
-    /// "During a Redis outage", promises an immediate 115).
-    fn available(&self) -> Result<(), BrokerError> {
-        if self.is_ready() {
-            Ok(())
-        } else {
-            Err(BrokerError::Unavailable("Redis is unavailable (the node is not ready)".into()))
-        }
     }
 
     /// Refreshes this node's presence entries and expires dead ones (emitting their
@@ -170,7 +204,7 @@ fn spawn_function_loader(shared: Arc<RedisShared>) {
     tokio::spawn(async move {
         loop {
             match connects.recv().await {
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
                     if let Err(error) = shared.load_functions().await {
                         tracing::warn!(%error, "cannot load the Redis Functions library");
                     }
@@ -178,7 +212,7 @@ fn spawn_function_loader(shared: Arc<RedisShared>) {
                         tracing::warn!(%error, "cannot declare namespaces in Redis");
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(RecvError::Closed) => return,
             }
         }
     });
@@ -321,11 +355,14 @@ impl RedisShared {
         Ok((page.epoch, page.publications))
     }
 
-    /// Fails at once while the connection to Redis is known to be down, instead of
+    /// Fails at once while a connection to Redis is known to be down, instead of
     /// queueing the command until `command_timeout_ms` (docs/operations.md promises an
-    /// immediate 115 during an outage).
+    /// immediate 115 during an outage). Both connections count: a command that succeeds
+    /// while pub/sub is down would not reach the other nodes' subscribers live.
     fn connected(&self) -> Result<(), BrokerError> {
-        if self.client.is_connected() {
+        let down =
+            self.command_link_down.load(Ordering::Acquire) || self.pubsub_link_down.load(Ordering::Acquire);
+        if self.client.is_connected() && !down {
             Ok(())
         } else {
             Err(BrokerError::Unavailable("the connection to Redis is down".into()))
@@ -363,7 +400,7 @@ impl RedisShared {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         self.subscriber.subscribe(channel).await
     }
 
@@ -378,7 +415,7 @@ impl Broker for RedisBroker {
         publication: NewPublication,
         stream: StreamOptions,
     ) -> Result<Option<StreamPosition>, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let body = wire::body(publication.event.as_deref(), &publication.data, publication.from.as_ref())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         if publication.ephemeral {
@@ -413,7 +450,7 @@ impl Broker for RedisBroker {
     }
 
     async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let message = match &event {
             ChannelEvent::Join(client) => wire::presence_event(true, client),
             ChannelEvent::Leave(client) => wire::presence_event(false, client),
@@ -431,7 +468,7 @@ impl Broker for RedisBroker {
         max_bytes: usize,
         stream: StreamOptions,
     ) -> Result<HistoryPage, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let after = match &since {
             Since::Latest => None,
             Since::After(position) => Some(position.offset),
@@ -448,7 +485,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let ttl_ms = self.shared.config.presence_ttl_secs.max(1) * 1000;
         let info = serde_json::to_string(&client).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let args = vec![client.client.clone(), client.user.clone(), info, ttl_ms.to_string()];
@@ -458,7 +495,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         if let dashmap::Entry::Occupied(mut entry) = self.local_presence.entry(channel.to_string()) {
             entry.get_mut().remove(client_id);
             if entry.get().is_empty() {
@@ -473,7 +510,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let reply = strings(self.shared.fcall("sb_presence_list", presence_keys(channel), Vec::new()).await?);
         let split = reply.iter().position(String::is_empty).unwrap_or(reply.len());
         let (expired, present) = reply.split_at(split);
@@ -482,7 +519,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let reply = self.shared.fcall("sb_presence_stats", presence_keys(channel), Vec::new()).await?;
         let Value::Array(items) = reply else {
             return Err(BrokerError::Unavailable("unexpected sb_presence_stats reply".into()));
@@ -495,7 +532,7 @@ impl Broker for RedisBroker {
     }
 
     async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let ttl_ms = self.shared.meta_ttl_ms(self.shared.stream_options(channel));
         let args = vec![user.to_string(), position.offset.to_string(), position.epoch, ttl_ms.to_string()];
         self.shared.fcall("sb_ack", vec![keys::acks(channel)], args).await?;
@@ -503,7 +540,7 @@ impl Broker for RedisBroker {
     }
 
     async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         self.shared.connected()?;
         let value: Option<String> = self.shared.client.hget(keys::acks(channel), user).await?;
         Ok(value.and_then(|v| {
@@ -513,7 +550,7 @@ impl Broker for RedisBroker {
     }
 
     async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let message = wire::control(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let channel = switchboard_protocol::channel::personal(user);
         self.shared.connected()?;
@@ -522,7 +559,7 @@ impl Broker for RedisBroker {
     }
 
     async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         self.shared.connected()?;
         let live: Vec<String> = self.shared.client.pubsub_channels("sb:{*}:live").await?;
         let mut channels: Vec<String> =
@@ -532,7 +569,7 @@ impl Broker for RedisBroker {
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
-        self.available()?;
+        self.shared.connected()?;
         let nodes: std::collections::HashMap<String, String> =
             self.shared.client.hgetall(keys::NODES).await?;
         let mut nodes: Vec<serde_json::Value> = nodes
@@ -548,7 +585,7 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.shared.client.is_connected()
+        self.shared.connected().is_ok()
             && self.subscriber.is_healthy(Duration::from_millis(self.shared.config.probe_timeout_ms))
     }
 }
