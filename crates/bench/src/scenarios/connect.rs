@@ -35,6 +35,10 @@ pub struct Connect {
     /// Close each connection right after its `connect` reply instead of holding it.
     #[arg(long)]
     pub churn: bool,
+    /// After `connect`, subscribe each connection to a channel of its own
+    /// (`bench:connect-<n>`), and time both together: what a fresh subscribe costs.
+    #[arg(long)]
+    pub subscribe: bool,
 }
 
 /// Runs the scenario.
@@ -52,12 +56,20 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
     let started = std::time::Instant::now();
     let mut attempts = Vec::with_capacity(settings.connections);
     for (n, token) in minted.into_iter().enumerate() {
-        let (url, source, gate, churn) =
-            (settings.target.url(n).to_string(), settings.target.source(n), gate.clone(), settings.churn);
+        let (url, source, gate, churn, subscribe) = (
+            settings.target.url(n).to_string(),
+            settings.target.source(n),
+            gate.clone(),
+            settings.churn,
+            settings.subscribe,
+        );
         attempts.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let begun = std::time::Instant::now();
-            let socket = lean::open(&url, source, &token, encoding).await?;
+            let mut socket = lean::open(&url, source, &token, encoding).await?;
+            if subscribe {
+                lean::subscribe(&mut socket, encoding, 2, &format!("bench:connect-{n}")).await?;
+            }
             let took = begun.elapsed();
             let held = (!churn).then_some(socket);
             anyhow::Ok((took, held))
@@ -91,6 +103,7 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
         "connections": settings.connections,
         "concurrency": settings.concurrency,
         "churn": settings.churn,
+        "subscribe": settings.subscribe,
         "succeeded": succeeded,
         "failed": failures,
         "first_error": first_error,
