@@ -141,6 +141,8 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
             connections: 200,
             concurrency: 16,
             churn,
+            // Held connections also subscribe to a channel each.
+            subscribe: !churn,
         })
         .await
         .unwrap();
@@ -223,4 +225,36 @@ async fn floor_measures_delivery_and_connection_costs() {
     .unwrap();
     assert!(floor["delivery"]["cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{floor}");
     assert!(floor["connection"]["cpu_us_per_connection"].as_f64().unwrap() > 0.0, "{floor}");
+}
+
+/// The soak scenario against one node over Redis: lifetimes complete, malformed frames
+/// are sent, and every figure (RSS, descriptors, tasks, Redis keys) is sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_runs_and_samples_every_figure() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = vec![node(Some(&redis))];
+    nodes[0].wait_ready();
+    let soak = scenarios::soak::run(scenarios::soak::Soak {
+        target: target(&nodes),
+        duration: 2.0,
+        workers: 2,
+        channels: 4,
+        settle: 0.5,
+        sample_every: 0.5,
+        redis_url: Some(redis.url()),
+    })
+    .await
+    .unwrap();
+    assert_eq!(soak["errors"], 0, "{soak}");
+    assert!(soak["cycles"].as_u64().unwrap() >= 10, "{soak}");
+    assert!(soak["bad_frames"].as_u64().unwrap() >= 1, "{soak}");
+    for at in ["start", "peak", "end"] {
+        assert!(soak[at]["gateway_rss_mib"].as_f64().unwrap() > 0.0, "{soak}");
+        assert!(soak[at]["gateway_open_fds"].as_u64().unwrap() > 0, "{soak}");
+        assert!(soak[at]["gateway_tasks"].as_u64().unwrap() > 0, "{soak}");
+        assert!(soak[at]["redis_keys"].as_u64().is_some(), "{soak}");
+    }
+    assert!(soak["peak"]["redis_keys"].as_u64() > soak["start"]["redis_keys"].as_u64(), "{soak}");
+    assert!(!soak["samples"].as_array().unwrap().is_empty(), "{soak}");
 }

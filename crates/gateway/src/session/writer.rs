@@ -41,8 +41,8 @@ pub(crate) async fn run(
             // Waits until frames are queued; the loop ends through `control.closed()`.
             _ = rx.recv_many(&mut batch, BATCH) => {
                 let written = tokio::select! {
-                    result = tokio::time::timeout(stall_timeout, write_batch(&mut sink, &mut batch, &rx, &metrics)) => {
-                        result.unwrap_or_else(|_| {
+                    result = write_within(stall_timeout, write_batch(&mut sink, &mut batch, &rx, &metrics)) => {
+                        result.unwrap_or_else(|| {
                             control.close_as_slow_consumer();
                             Err(())
                         })
@@ -76,6 +76,18 @@ pub(crate) async fn run(
     if tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await.is_err() {
         tracing::debug!("close frame not written in time");
     }
+}
+
+/// Runs `write`, giving up (`None`) after `limit`. The timer is armed only when the write
+/// does not complete on its first poll: at the rates real apps run, almost every batch is
+/// one frame that the socket takes at once, and a timer per delivery would add a timer
+/// insertion and removal to every write.
+async fn write_within<F: std::future::Future>(limit: Duration, write: F) -> Option<F::Output> {
+    let mut write = std::pin::pin!(write);
+    if let std::task::Poll::Ready(output) = futures_util::poll!(write.as_mut()) {
+        return Some(output);
+    }
+    tokio::time::timeout(limit, write).await.ok()
 }
 
 /// Resolves when the connection is closing *without* flushing its queue, which means a
