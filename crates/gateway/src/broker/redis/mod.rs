@@ -269,7 +269,6 @@ impl RedisShared {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, BrokerError> {
-        self.connected()?;
         match self.client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await {
             Err(error) if error.details().contains("Function not found") => {
                 self.load_functions().await?;
@@ -358,7 +357,10 @@ impl RedisShared {
     /// Fails at once while a connection to Redis is known to be down, instead of
     /// queueing the command until `command_timeout_ms` (docs/operations.md promises an
     /// immediate 115 during an outage). Both connections count: a command that succeeds
-    /// while pub/sub is down would not reach the other nodes' subscribers live.
+    /// while pub/sub is down would not reach the other nodes' subscribers live. Checked
+    /// where clients' commands enter the broker (the `Broker` methods) and nowhere else:
+    /// the reader's gap fills and catch-ups after a reconnect must wait for Redis, not
+    /// give up (a failed catch-up would leave a gap).
     fn connected(&self) -> Result<(), BrokerError> {
         let down =
             self.command_link_down.load(Ordering::Acquire) || self.pubsub_link_down.load(Ordering::Acquire);
@@ -370,7 +372,6 @@ impl RedisShared {
     }
 
     async fn publish_live(&self, channel: &str, message: String) -> Result<(), BrokerError> {
-        self.connected()?;
         let _: i64 = self.client.publish(keys::live(channel), message).await?;
         Ok(())
     }
