@@ -58,6 +58,8 @@ pub struct Metrics {
     pub broker_probe_failures: IntCounter,
     /// Live messages or stream entries that could not be decoded.
     pub broker_invalid_messages: IntCounter,
+    /// Embedded broker: channel streams held in memory, counted at each sweep (every 10 s).
+    pub memory_streams: IntGauge,
     /// Tasks alive in the node's async runtime (sampled when `/metrics` is read): a number
     /// that grows without bound means a leak.
     pub runtime_tasks: IntGauge,
@@ -151,6 +153,7 @@ impl Metrics {
                 "broker_invalid_messages_total",
                 "Undecodable live messages or stream entries",
             ),
+            memory_streams: gauge("memory_streams", "Embedded broker: channel streams held in memory"),
             runtime_tasks: gauge("runtime_tasks", "Tasks alive in the node's async runtime"),
             pending_handshakes: gauge(
                 "pending_handshakes",

@@ -83,7 +83,7 @@ impl Node {
                     .with_idempotency_ttl(idempotency)
                     .with_unpublished_ttl(unpublished),
             );
-            spawn_sweeper(broker.clone(), rules.clone());
+            spawn_sweeper(broker.clone(), rules.clone(), metrics.clone());
             broker
         } else if url.starts_with("redis://") {
             RedisBroker::start(&config.broker, &id, hub.clone(), metrics.clone(), rules.clone())?
@@ -195,12 +195,13 @@ fn random_node_id() -> String {
     format!("{:08x}", rand::rng().random::<u32>())
 }
 
-fn spawn_sweeper(broker: Arc<MemoryBroker>, rules: Arc<ChannelRules>) {
+fn spawn_sweeper(broker: Arc<MemoryBroker>, rules: Arc<ChannelRules>, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
-            broker.sweep(|channel| rules.resolve(channel).ok().map(|ns| ns.stream));
+            let streams = broker.sweep(|channel| rules.resolve(channel).ok().map(|ns| ns.stream));
+            metrics.memory_streams.set(streams as i64);
         }
     });
 }

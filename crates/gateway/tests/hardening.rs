@@ -261,6 +261,78 @@ async fn reads_of_unpublished_channels_leave_no_lasting_state_in_redis() {
     assert_eq!(history["publications"].as_array().unwrap().len(), 1);
 }
 
+/// The same with the embedded broker: 100 000 reads of never-published channels leave no
+/// stream behind once the sweeper ran (`switchboard_memory_streams` back at its baseline),
+/// and a second round of reads leaves RSS where the first left it (what the allocator
+/// keeps for reuse is not state that grows).
+#[tokio::test]
+async fn reads_of_unpublished_channels_leave_no_lasting_state_in_the_memory_broker() {
+    let _serial = cluster::SERIAL.lock().await;
+    let node =
+        started("memory://".into(), vec![("SWITCHBOARD_BROKER__UNPUBLISHED_STREAM_TTL_SECS", "1")]).await;
+    let pid = node.pid().expect("pid");
+    let mut readers = Vec::new();
+    for reader in 0..4 {
+        readers.push(fixture::connect_url(&node.ws_url(), &format!("reader{reader}"), Encoding::Json).await);
+    }
+    readers[0].ok("publish", json!({"channel": "big:kept", "data": 1})).await;
+    let streams = || node.metric("switchboard_memory_streams").unwrap_or(-1.0);
+    let swept_to = |count: f64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        async move {
+            // The sweeper runs every 10 s: wait for a sweep after the reads' TTL passed.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            while streams() != count {
+                assert!(Instant::now() < deadline, "{} streams left, {count} expected", streams());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    // Only the published channel remains (the readers' personal channels were only read).
+    let baseline_streams = 1.0;
+    swept_to(baseline_streams).await;
+    let mut residual = Vec::new();
+    for round in 0..2 {
+        let mut tasks = Vec::new();
+        for (reader, mut connection) in readers.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                for batch in 0..25 {
+                    let mut ids = Vec::new();
+                    for n in 0..1000 {
+                        let channel = format!("big:never-{round}-{reader}-{batch}-{n}");
+                        ids.push(connection.send("history", json!({"channel": channel, "limit": 0})).await);
+                    }
+                    for id in ids {
+                        assert!(connection.reply(id).await.error.is_none());
+                    }
+                }
+                connection
+            }));
+        }
+        readers = Vec::new();
+        for task in tasks {
+            readers.push(task.await.unwrap());
+        }
+        swept_to(baseline_streams).await;
+        // Let the allocator's background thread return what it will.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        residual.push(rss_bytes(pid));
+        // Keep the readers' connections alive across the pause (heartbeat).
+        for connection in &mut readers {
+            connection.ok("ping", Value::Null).await;
+        }
+    }
+    println!("RSS after each round of 100 000 reads: {} KiB, {} KiB", residual[0] >> 10, residual[1] >> 10);
+    assert!(
+        residual[1] <= residual[0] + 1024 * 1024,
+        "RSS grew from {} KiB to {} KiB across two rounds of reads",
+        residual[0] >> 10,
+        residual[1] >> 10
+    );
+    let history = readers[0].ok("history", json!({"channel": "big:kept"})).await;
+    assert_eq!(history["publications"].as_array().unwrap().len(), 1);
+}
+
 /// Deeper bodies than the gateways can re-encode are refused by the Redis Function for
 /// every caller, and what it accepts reaches MessagePack subscribers and history.
 #[tokio::test]
