@@ -208,6 +208,38 @@ async fn connections_that_stop_reading_are_closed_and_cost_at_most_their_budget(
     drop(silent);
 }
 
+/// `history` of 100 000 distinct channels never published to, spread over `readers` (the
+/// node serves each connection's commands in order; several keep both cores busy), 1 000
+/// in flight per connection. Names are `big:never-<tag>-…`. Returns the connections.
+async fn read_100_000_never_published_channels(
+    readers: Vec<fixture::Client>,
+    tag: &str,
+) -> Vec<fixture::Client> {
+    let per_reader = 100_000 / readers.len();
+    let mut tasks = Vec::new();
+    for (reader, mut connection) in readers.into_iter().enumerate() {
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            for batch in 0..per_reader.div_ceil(1000) {
+                let mut ids = Vec::new();
+                for n in 0..1000 {
+                    let channel = format!("big:never-{tag}-{reader}-{batch}-{n}");
+                    ids.push(connection.send("history", json!({"channel": channel, "limit": 0})).await);
+                }
+                for id in ids {
+                    assert!(connection.reply(id).await.error.is_none());
+                }
+            }
+            connection
+        }));
+    }
+    let mut done = Vec::new();
+    for task in tasks {
+        done.push(task.await.unwrap());
+    }
+    done
+}
+
 /// Reading 100 000 channels that were never published to leaves nothing in Redis once
 /// `broker.unpublished_stream_ttl_secs` passed.
 #[tokio::test]
@@ -223,28 +255,11 @@ async fn reads_of_unpublished_channels_leave_no_lasting_state_in_redis() {
         info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse::<u64>().unwrap()
     };
     let (keys_before, memory_before) = (dbsize(), used_memory());
-    // 100 000 distinct names over four connections (the node serves each connection's
-    // commands in order; four keep both cores busy).
     let mut readers = Vec::new();
     for reader in 0..4 {
-        let mut connection =
-            fixture::connect_url(&node.ws_url(), &format!("reader{reader}"), Encoding::Json).await;
-        readers.push(tokio::spawn(async move {
-            for batch in 0..25 {
-                let mut ids = Vec::new();
-                for n in 0..1000 {
-                    let channel = format!("big:never-{reader}-{batch}-{n}");
-                    ids.push(connection.send("history", json!({"channel": channel, "limit": 0})).await);
-                }
-                for id in ids {
-                    assert!(connection.reply(id).await.error.is_none());
-                }
-            }
-        }));
+        readers.push(fixture::connect_url(&node.ws_url(), &format!("reader{reader}"), Encoding::Json).await);
     }
-    for reader in readers {
-        reader.await.unwrap();
-    }
+    read_100_000_never_published_channels(readers, "r").await;
     // A fresh connection: the first one sat unread through the reads, past its heartbeat.
     let mut client = fixture::connect_url(&node.ws_url(), "reader", Encoding::Json).await;
     client.ok("subscribe", json!({"channel": "big:never-sub"})).await;
@@ -293,26 +308,7 @@ async fn reads_of_unpublished_channels_leave_no_lasting_state_in_the_memory_brok
     swept_to(baseline_streams).await;
     let mut residual = Vec::new();
     for round in 0..2 {
-        let mut tasks = Vec::new();
-        for (reader, mut connection) in readers.into_iter().enumerate() {
-            tasks.push(tokio::spawn(async move {
-                for batch in 0..25 {
-                    let mut ids = Vec::new();
-                    for n in 0..1000 {
-                        let channel = format!("big:never-{round}-{reader}-{batch}-{n}");
-                        ids.push(connection.send("history", json!({"channel": channel, "limit": 0})).await);
-                    }
-                    for id in ids {
-                        assert!(connection.reply(id).await.error.is_none());
-                    }
-                }
-                connection
-            }));
-        }
-        readers = Vec::new();
-        for task in tasks {
-            readers.push(task.await.unwrap());
-        }
+        readers = read_100_000_never_published_channels(readers, &round.to_string()).await;
         swept_to(baseline_streams).await;
         // Let the allocator's background thread return what it will.
         tokio::time::sleep(Duration::from_secs(12)).await;
