@@ -367,10 +367,10 @@ async fn commands_fail_fast_while_redis_is_down() {
         ("subscribe", json!({"channel": "big:y"})),
         ("history", json!({"channel": "big:x"})),
     ] {
-        let started = Instant::now();
+        // The fixture gives up on a reply after `WAIT` (10 s), far below the 60 s command
+        // timeout: a command that waited for Redis fails here as "no frame in time".
         let error = client.err(method, params).await;
         assert_eq!(error.code, Code::Unavailable, "{method}: {}", error.message);
-        assert!(started.elapsed() < WAIT, "{method} waited for the command timeout");
     }
 }
 
