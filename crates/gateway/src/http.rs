@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{ws::WebSocketUpgrade, ConnectInfo, State},
+    extract::{ConnectInfo, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -15,7 +15,11 @@ use axum::{
 };
 use switchboard_protocol::Encoding;
 
-use crate::{node::Node, session};
+use crate::{
+    node::Node,
+    session,
+    transport::handshake::{HandshakeError, Upgrade},
+};
 
 /// Why an HTTP request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,9 @@ pub enum HttpError {
     /// No such route.
     #[error("no route for this path")]
     NotFound,
+    /// Not a valid WebSocket upgrade request.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
 }
 
 impl HttpError {
@@ -37,6 +44,7 @@ impl HttpError {
             HttpError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             HttpError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             HttpError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            HttpError::Handshake(error) => (error.status(), "bad_upgrade"),
         }
     }
 }
@@ -80,52 +88,45 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 async fn websocket(
     State(node): State<Arc<Node>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    mut upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Result<Response, HttpError> {
     if node.is_draining() {
         return Err(HttpError::Draining);
     }
+    let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         let allowed = &node.config.limits.allowed_origins;
         if !allowed.iter().any(|a| a == "*" || a == origin) {
             return Err(HttpError::OriginNotAllowed(origin.to_string()));
         }
     }
-    let encoding = select_encoding(&headers, &mut upgrade);
+    let offered = select_encoding(headers);
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_string());
-    let limits = &node.config.limits;
-    let upgrade = upgrade
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
-        .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.write_buffer_bytes)
-        // The writer holds a frame's outbound budget until it is flushed, so the socket
-        // library never buffers more than the budget; this cap only turns a broken
-        // invariant into a closed connection instead of unbounded memory.
-        .max_write_buffer_size(limits.write_buffer_bytes + 2 * limits.outbound_queue_bytes);
+    let upgrade = Upgrade::accept(&mut request)?;
+    let (response, upgraded) = upgrade.respond(offered.map(Encoding::subprotocol));
+    let encoding = offered.unwrap_or(Encoding::Json);
     let tracker = node.sessions.clone();
-    Ok(upgrade
-        .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, encoding, bearer, remote))))
+    tokio::spawn(tracker.track_future(async move {
+        match upgraded.await {
+            Ok(socket) => session::run(node, socket, encoding, bearer, remote).await,
+            Err(error) => tracing::debug!(%error, %remote, "WebSocket upgrade did not complete"),
+        }
+    }));
+    Ok(response)
 }
 
-/// Picks the first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`,
-/// in the client's order (JSON when it offers none), and echoes it back when one was
-/// offered. The raw headers are read because the upgrade extractor does not keep order.
-fn select_encoding(headers: &HeaderMap, upgrade: &mut WebSocketUpgrade) -> Encoding {
-    let offered = headers
+/// The first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`, in
+/// the client's order (it is echoed back; JSON is used when none is offered).
+fn select_encoding(headers: &HeaderMap) -> Option<Encoding> {
+    headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .find_map(Encoding::from_subprotocol);
-    if let Some(encoding) = offered {
-        upgrade.set_selected_protocol(HeaderValue::from_static(encoding.subprotocol()));
-    }
-    offered.unwrap_or(Encoding::Json)
+        .find_map(Encoding::from_subprotocol)
 }

@@ -19,7 +19,6 @@ use std::{
     time::Instant,
 };
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use dashmap::DashMap;
 use switchboard_protocol::{
     codec::{self, CodecError},
@@ -32,6 +31,7 @@ use crate::{
     broker::{ChannelEvent, Control, EventSink, HistoryPage, Publication},
     metrics::Metrics,
     outbox::{CloseRequest, Outbox, SessionCommand},
+    transport::frame::{OpCode, WireFrame},
 };
 
 /// Identifies a connection on this node.
@@ -42,7 +42,7 @@ pub type ConnId = u64;
 pub struct Delivery {
     channel: Arc<str>,
     event: ChannelEvent,
-    frames: [OnceLock<Option<Message>>; 2],
+    frames: [OnceLock<Option<WireFrame>>; 2],
     received_at: Instant,
 }
 
@@ -55,7 +55,7 @@ impl Delivery {
     /// The frame for `encoding`, encoded on first use and shared afterwards. A publication
     /// always has a frame (see [`publication_frame`]); `None` only for a join or leave
     /// event that cannot be represented in that encoding (logged once).
-    pub fn frame(&self, encoding: Encoding) -> Option<&Message> {
+    pub fn frame(&self, encoding: Encoding) -> Option<&WireFrame> {
         self.frames[encoding.index()]
             .get_or_init(|| match self.encode(encoding) {
                 Ok(message) => Some(message),
@@ -67,7 +67,7 @@ impl Delivery {
             .as_ref()
     }
 
-    fn encode(&self, encoding: Encoding) -> Result<Message, CodecError> {
+    fn encode(&self, encoding: Encoding) -> Result<WireFrame, CodecError> {
         match &self.event {
             ChannelEvent::Publication(publication) => publication_frame(publication, encoding),
             ChannelEvent::Control(_) => {
@@ -79,7 +79,7 @@ impl Delivery {
                     ChannelEvent::Join(_) => Push::Join(body),
                     _ => Push::Leave(body),
                 };
-                to_message(encoding, codec::encode(encoding, &push)?)
+                Ok(to_frame(encoding, &codec::encode(encoding, &push)?))
             }
         }
     }
@@ -100,7 +100,7 @@ impl Delivery {
 ///
 /// # Errors
 /// [`CodecError`] when the payload cannot be represented in `encoding`.
-pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Result<Message, CodecError> {
+pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Result<WireFrame, CodecError> {
     let bytes = match encoding {
         Encoding::Json => {
             let push: Push<&serde_json::value::RawValue> =
@@ -112,7 +112,7 @@ pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Resu
             codec::encode(encoding, &Push::Publication(wire_publication(publication, data)))?
         }
     };
-    to_message(encoding, bytes)
+    Ok(to_frame(encoding, &bytes))
 }
 
 /// The frame of a publication for `encoding`. When the payload cannot be represented in
@@ -122,11 +122,11 @@ pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Resu
 ///
 /// # Errors
 /// Only if even that placeholder cannot be encoded.
-pub fn publication_frame(publication: &Publication, encoding: Encoding) -> Result<Message, CodecError> {
+pub fn publication_frame(publication: &Publication, encoding: Encoding) -> Result<WireFrame, CodecError> {
     encode_publication(publication, encoding).or_else(|error| {
         tracing::error!(%error, channel = %publication.channel, offset = ?publication.offset, encoding = encoding.name(), "publication cannot be encoded: sending a placeholder");
         let placeholder = undeliverable(publication, encoding, &error);
-        to_message(encoding, codec::encode(encoding, &Push::Publication(placeholder))?)
+        Ok(to_frame(encoding, &codec::encode(encoding, &Push::Publication(placeholder))?))
     })
 }
 
@@ -153,16 +153,16 @@ pub fn history_reply(
     page: &HistoryPage,
     more: bool,
     encoding: Encoding,
-) -> Result<Message, CodecError> {
+) -> Result<WireFrame, CodecError> {
     fn reply<P: serde::Serialize>(
         id: u64,
         page: &HistoryPage,
         more: bool,
         publications: Vec<P>,
         encoding: Encoding,
-    ) -> Result<Message, CodecError> {
+    ) -> Result<WireFrame, CodecError> {
         let result = HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications, more };
-        to_message(encoding, codec::encode(encoding, &Reply { id, result: Some(result), error: None })?)
+        Ok(to_frame(encoding, &codec::encode(encoding, &Reply { id, result: Some(result), error: None })?))
     }
     match encoding {
         // JSON frames carry the stored JSON text as it is: nothing to parse.
@@ -198,17 +198,14 @@ pub fn wire_publication<D>(publication: &Publication, data: D) -> push::Publicat
     }
 }
 
-/// Wraps encoded bytes in the WebSocket message type of `encoding`.
-///
-/// # Errors
-/// When JSON output is not UTF-8 (serde_json never produces that).
-pub fn to_message(encoding: Encoding, bytes: bytes::Bytes) -> Result<Message, CodecError> {
-    match encoding {
-        Encoding::Json => Utf8Bytes::try_from(bytes)
-            .map(Message::Text)
-            .map_err(|_| CodecError::Json(serde::ser::Error::custom("JSON output is not UTF-8"))),
-        Encoding::MsgPack => Ok(Message::Binary(bytes)),
-    }
+/// Frames encoded bytes as the WebSocket message type of `encoding`: text for JSON (the
+/// codec's JSON output is UTF-8 by construction), binary for MessagePack.
+pub fn to_frame(encoding: Encoding, bytes: &[u8]) -> WireFrame {
+    let opcode = match encoding {
+        Encoding::Json => OpCode::Text,
+        Encoding::MsgPack => OpCode::Binary,
+    };
+    WireFrame::new(opcode, bytes)
 }
 
 enum State {
@@ -404,10 +401,10 @@ mod tests {
             from: None,
         };
         let json = publication_frame(&publication, Encoding::Json).expect("json");
-        assert!(json.into_data().len() > 400, "JSON carries the payload verbatim");
+        assert!(json.payload().len() > 400, "JSON carries the payload verbatim");
         let packed = publication_frame(&publication, Encoding::MsgPack).expect("placeholder");
         let push: Push<serde_json::Value> =
-            codec::decode(Encoding::MsgPack, &packed.into_data()).expect("decode");
+            codec::decode(Encoding::MsgPack, packed.payload()).expect("decode");
         let Push::Publication(wire) = push else { panic!("not a publication: {push:?}") };
         assert_eq!(
             (wire.offset, wire.event.as_deref(), &wire.data),
@@ -417,7 +414,7 @@ mod tests {
         let page =
             HistoryPage { epoch: Arc::from("e"), top: 7, publications: vec![publication], truncated: false };
         let reply = history_reply(3, &page, false, Encoding::MsgPack).expect("history");
-        let reply: serde_json::Value = codec::decode(Encoding::MsgPack, &reply.into_data()).expect("decode");
+        let reply: serde_json::Value = codec::decode(Encoding::MsgPack, reply.payload()).expect("decode");
         let first = &reply["result"]["publications"][0];
         assert_eq!(first["offset"], 7);
         assert_eq!(first["data"], serde_json::Value::Null);
@@ -439,7 +436,7 @@ mod tests {
         hub.deliver("c", publication(&epoch, 6));
         let mut sent = Vec::new();
         while let Some(frame) = rx.try_recv() {
-            sent.push(frame.message.into_data());
+            sent.push(frame.frame.payload().to_vec());
         }
         assert_eq!(sent.len(), 1, "only offset 6, once");
         assert!(String::from_utf8_lossy(&sent[0]).contains("\"offset\":6"));

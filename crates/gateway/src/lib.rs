@@ -2,7 +2,8 @@
 //!
 //! [`server::run`] serves one node on a bound listener until its shutdown future
 //! resolves. Modules by job: [`config`], [`auth`], [`channel`], [`http`], `session` (one
-//! connection), [`hub`] (local fan-out), [`outbox`] (per-connection bounded queue),
+//! connection), [`hub`] (local fan-out), [`outbox`] (per-connection bounded queue and
+//! the flushers that write it), [`transport`] (handshake, frames, the socket),
 //! [`broker`] (trait and implementations), [`metrics`].
 
 pub mod api;
@@ -19,3 +20,4 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod server;
 mod session;
+pub mod transport;

@@ -20,6 +20,7 @@ use crate::{
     error::CommandError,
     hub::{ConnId, Hub},
     metrics::Metrics,
+    outbox::shard::Flushers,
 };
 
 /// Why a node could not be built from its configuration.
@@ -56,6 +57,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// The tasks that write queued frames to sockets, one per runtime worker.
+    pub flushers: Flushers,
     draining: AtomicBool,
     connections: AtomicUsize,
     user_connections: DashMap<String, usize>,
@@ -100,6 +103,7 @@ impl Node {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            flushers: Flushers::start(tokio::runtime::Handle::current().metrics().num_workers()),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             user_connections: DashMap::new(),

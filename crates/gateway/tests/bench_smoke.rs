@@ -66,6 +66,7 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
             payload: 100,
             channel: format!("bench:smoke-{}", encoding.name()),
             connect_concurrency: 8,
+            window: 64,
         })
         .await
         .unwrap();
@@ -174,6 +175,7 @@ async fn fanout_and_failover_run_on_a_redis_cluster() {
         payload: 100,
         channel: "bench:cluster".into(),
         connect_concurrency: 8,
+        window: 1,
     })
     .await
     .unwrap();

@@ -43,6 +43,10 @@ pub struct Fanout {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Publishes a publisher may have waiting for their reply; 1 is a backend that sends
+    /// the next publication only once the previous one was answered.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
 }
 
 /// Runs the scenario and returns its JSON result.
@@ -140,7 +144,8 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
     let (mut sink, mut stream) = socket.split();
     // At most this many publishes wait for their reply, so the publisher neither stalls
     // on round trips nor floods the server's queue.
-    let window = Arc::new(Semaphore::new(64));
+    let window_size = settings.window.max(1);
+    let window = Arc::new(Semaphore::new(window_size));
     let replies = {
         let window = window.clone();
         tokio::spawn(async move {
@@ -184,7 +189,7 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
         lean::send(&mut sink, Encoding::Json, count + 1, "publish", params).await?;
     }
     // Wait for the last replies, then close.
-    if window.acquire_many(64).await.is_err() {
+    if window.acquire_many(window_size as u32).await.is_err() {
         replies.await??;
         anyhow::bail!("the publisher's connection closed before the last replies");
     }

@@ -26,7 +26,6 @@ use crate::{
     config::SubscribePolicy,
     error::CommandError,
     hub::{history_reply, publication_frame},
-    outbox::message_size,
 };
 
 /// Where a new subscription starts.
@@ -458,7 +457,7 @@ impl Session {
         let mut more = page.truncated;
         let message = loop {
             let message = history_reply(id, &page, more, self.encoding)?;
-            let size = message_size(&message);
+            let size = message.len();
             if size <= budget || page.publications.len() <= 1 {
                 break message;
             }

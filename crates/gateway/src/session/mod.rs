@@ -12,7 +12,6 @@ mod writer;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use rand::Rng;
 use switchboard_protocol::{
@@ -22,22 +21,28 @@ use switchboard_protocol::{
     Code, Encoding, ErrorBody,
 };
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tracing::Instrument;
 
 use crate::{
     auth::{unix_now, Claims},
     channel::Namespace,
     error::CommandError,
-    hub::{to_message, ConnId},
+    hub::{to_frame, ConnId},
     node::Node,
-    outbox::{outbox, CloseRequest, ConnControl, Outbox, SessionCommand},
+    outbox::{self, CloseRequest, ConnControl, Outbox, SessionCommand},
     ratelimit::TokenBucket,
+    transport::{
+        frame::WireFrame,
+        handshake::Upgraded,
+        inbound::{inbound, Inbound},
+    },
 };
 
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn run(
     node: Arc<Node>,
-    socket: WebSocket,
+    socket: Upgraded,
     encoding: Encoding,
     bearer: Option<String>,
     remote: SocketAddr,
@@ -51,11 +56,14 @@ pub(crate) async fn run(
         metrics.connections_total.inc();
         let control = Arc::new(ConnControl::default());
         let limits = &node.config.limits;
-        let (outbox, rx) = outbox(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone());
-        let (sink, stream) = socket.split();
+        let (read, write) = socket.stream.into_split();
+        let sink =
+            outbox::Sink { stream: write, shard: node.flushers.shard_of(conn), metrics: metrics.clone() };
+        let (outbox, socket_writer) =
+            outbox::connect(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone(), sink);
+        let stream = inbound(read, &socket.prefix, outbox.clone(), read_config(&node)).await;
         let stall_timeout = Duration::from_millis(limits.outbound_wait_ms);
-        let writer =
-            tokio::spawn(writer::run(sink, rx, control.clone(), encoding, metrics.clone(), stall_timeout));
+        let writer = tokio::spawn(writer::run(socket_writer, control.clone(), encoding, stall_timeout));
         let counted = node.try_add_connection();
         if counted {
             metrics.connections.inc();
@@ -89,6 +97,17 @@ pub(crate) async fn run(
     }
     .instrument(span)
     .await;
+}
+
+/// The WebSocket library's limits for what the client sends.
+fn read_config(node: &Node) -> WebSocketConfig {
+    let limits = &node.config.limits;
+    WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes))
+        .read_buffer_size(limits.read_buffer_bytes)
+        // It writes only pongs and close replies, through the outbox.
+        .write_buffer_size(0)
 }
 
 /// A random delay in `[0, shutdown_reconnect_jitter_ms]`, advised to reconnecting clients.
@@ -152,7 +171,7 @@ impl Session {
         }
     }
 
-    async fn read_loop(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, mut stream: Inbound) {
         let node = self.node.clone();
         let control = self.control.clone();
         loop {
@@ -190,17 +209,16 @@ impl Session {
 
     /// Maps a read error to a close: too large (3502), not valid WebSocket or UTF-8 (3500),
     /// or a transport failure (no close frame: the peer is gone).
-    fn on_read_error(&self, error: &axum::Error) {
-        let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<tungstenite::Error>());
-        match cause {
-            Some(tungstenite::Error::Capacity(_)) => {
+    fn on_read_error(&self, error: &tungstenite::Error) {
+        match error {
+            tungstenite::Error::Capacity(_) => {
                 let limit = self.node.config.limits.max_message_bytes;
                 self.close(Code::MessageTooLarge, &format!("message larger than {limit} bytes"), None, false);
             }
-            Some(tungstenite::Error::Utf8(_)) => {
+            tungstenite::Error::Utf8(_) => {
                 self.close(Code::ProtocolError, "text frame is not valid UTF-8", None, false);
             }
-            Some(tungstenite::Error::Protocol(violation)) => {
+            tungstenite::Error::Protocol(violation) => {
                 let reason = format!("WebSocket protocol violation: {violation}");
                 self.close(Code::ProtocolError, &reason, None, false);
             }
@@ -228,7 +246,7 @@ impl Session {
                 return self.close(Code::ProtocolError, "binary frame on a JSON connection", None, false);
             }
             (Message::Close(_), _) => return self.control.terminate(),
-            (Message::Ping(_) | Message::Pong(_), _) => return,
+            (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => return,
         };
         self.node.metrics.messages_in.inc();
         self.node.metrics.bytes_in.inc_by(frame.len() as u64);
@@ -292,7 +310,7 @@ impl Session {
             return self.close(Code::HeartbeatTimeout, "no pong within the heartbeat timeout", None, false);
         }
         if now >= self.next_ping {
-            self.outbox.push(Message::Ping(bytes::Bytes::new()), None);
+            self.outbox.push(WireFrame::ping(), None);
             self.next_ping = now + Duration::from_millis(self.node.config.heartbeat.ping_interval_ms);
         }
     }
@@ -331,9 +349,9 @@ impl Session {
 
     /// Queues a push for this connection.
     fn push<D: serde::Serialize>(&self, push: &Push<D>) {
-        match codec::encode(self.encoding, push).and_then(|b| to_message(self.encoding, b)) {
-            Ok(message) => {
-                self.outbox.push(message, None);
+        match codec::encode(self.encoding, push) {
+            Ok(bytes) => {
+                self.outbox.push_now(to_frame(self.encoding, &bytes));
             }
             Err(error) => tracing::error!(%error, "cannot encode push"),
         }
@@ -342,9 +360,9 @@ impl Session {
     /// Queues a successful reply.
     fn reply<R: serde::Serialize>(&self, id: u64, result: R) {
         let reply = Reply { id, result: Some(result), error: None };
-        match codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
-            Ok(message) => {
-                self.outbox.push(message, None);
+        match codec::encode(self.encoding, &reply) {
+            Ok(bytes) => {
+                self.outbox.push_now(to_frame(self.encoding, &bytes));
             }
             Err(error) => self.reply_error(id, &CommandError::Codec(error)),
         }
@@ -361,8 +379,11 @@ impl Session {
         tracing::debug!(%code, %error, "command failed");
         let reply: Reply<()> =
             Reply { id, result: None, error: Some(ErrorBody::new(code, error.to_string())) };
-        if let Ok(message) = codec::encode(self.encoding, &reply).and_then(|b| to_message(self.encoding, b)) {
-            self.outbox.push(message, None);
+        match codec::encode(self.encoding, &reply) {
+            Ok(bytes) => {
+                self.outbox.push_now(to_frame(self.encoding, &bytes));
+            }
+            Err(error) => tracing::error!(%error, "cannot encode an error reply"),
         }
     }
 
