@@ -7,8 +7,8 @@
 //! waits, so a slow subscriber cannot delay the others (its outbox closes it instead).
 //!
 //! A publication push leaves out its `epoch` when it equals the epoch the connection was
-//! last told for the channel (docs/protocol.md §5.1): 27 of a ~190-byte JSON frame, for a
-//! value the client learnt at subscribe. Each subscriber remembers that epoch (with the
+//! last told for the channel (docs/protocol.md §5.1.1): 27 of the 213–216 bytes of a
+//! JSON frame around a 100-byte payload, for a value the client learnt at subscribe. Each subscriber remembers that epoch (with the
 //! last offset it was sent) and picks the frame variant; the variant with the epoch goes
 //! out only on the first publication of a new epoch, e.g. after Redis lost the stream.
 //!
