@@ -1,5 +1,5 @@
 //! The client against a scripted peer that leaves `epoch` out of publications in the epoch
-//! the connection was told (protocol §5.1), and carries it once when the stream is reset:
+//! the connection was told (protocol §5.1.1), and carries it once when the stream is reset:
 //! the application still sees every publication's epoch, and the positions the client
 //! resubscribes with after a reconnect are in the right epoch.
 

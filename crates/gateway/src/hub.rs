@@ -46,7 +46,7 @@ pub type ConnId = u64;
 /// Whether a publication frame carries its `epoch`. It does when the epoch differs from
 /// the one the connection was last told for the channel (by a subscribe result, or an
 /// earlier publication push); the client applies the epoch it knows to a publication
-/// without one (docs/protocol.md §5.1).
+/// without one (docs/protocol.md §5.1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Epoch {
     /// The frame carries `epoch` (also the only variant of events without one).
@@ -347,7 +347,9 @@ impl Hub {
 
     /// Replays what was buffered since [`Hub::subscribe`], skipping publications at or
     /// before `delivered` (the last position the session already sent, as epoch and
-    /// offset), then switches the subscription to live delivery.
+    /// offset), then switches the subscription to live delivery. `delivered`'s epoch is
+    /// also the one the session told the client (its reply, or the last recovered
+    /// publication that carried one): publications in it leave their epoch out.
     pub fn go_live(&self, channel: &str, conn: ConnId, delivered: Option<(&str, u64)>) {
         let Some(mut subscribers) = self.channels.get_mut(channel) else {
             return;
@@ -545,7 +547,7 @@ mod tests {
         rx
     }
 
-    /// Protocol §5.1: after the subscribe reply told the epoch, publications leave it out;
+    /// Protocol §5.1.1: after the subscribe reply told the epoch, publications leave it out;
     /// the first publication of a new epoch carries it, and the ones after it do not.
     #[test]
     fn publications_carry_the_epoch_only_when_it_changes() {

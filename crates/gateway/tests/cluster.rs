@@ -137,7 +137,7 @@ impl Follower {
                     if frame["push"] == "publication" && frame["channel"] == self.channel.as_str() {
                         let offset = frame["offset"].as_u64().unwrap();
                         self.received.push(offset);
-                        // Protocol §5.1: no `epoch` means the one this connection was told.
+                        // Protocol §5.1.1: no `epoch` means the one this connection was told.
                         let epoch = match frame["epoch"].as_str() {
                             Some(epoch) => epoch.to_string(),
                             None => self.position.take().unwrap().1,
@@ -287,7 +287,7 @@ async fn wiped_redis_gives_recovered_false_and_a_new_epoch() {
     assert_eq!(reply["recovered"], false);
     assert_ne!(reply["epoch"], old_epoch.as_str());
     // Live traffic continues on the new epoch for clients that stayed connected: the
-    // first publication of it carries the epoch (protocol §5.1), the next ones do not.
+    // first publication of it carries the epoch (protocol §5.1.1), the next ones do not.
     fresh.ok("publish", json!({"channel": "chat:wipe", "data": 2})).await;
     let next = client.publication().await;
     assert_eq!(next.data, json!(2));

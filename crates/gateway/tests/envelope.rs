@@ -1,4 +1,4 @@
-//! The publication envelope as a client reads it off the socket (protocol §5.1): `epoch`
+//! The publication envelope as a client reads it off the socket (protocol §5.1.1): `epoch`
 //! only when it is not the one the connection was last told for the channel, the other
 //! fields in their fixed order, in both encodings. Frames are read as raw WebSocket
 //! messages, not through the protocol crate's types, so a field the types would tolerate

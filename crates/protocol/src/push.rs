@@ -63,7 +63,7 @@ pub struct Publication<D> {
 }
 
 impl<D> Publication<D> {
-    /// The client's half of the epoch rule (docs/protocol.md §5.1), for a publication
+    /// The client's half of the epoch rule (docs/protocol.md §5.1.1), for a publication
     /// push received on a connection whose last told epoch for this channel is `known`
     /// (set from every subscribe result of the channel on this connection):
     ///
