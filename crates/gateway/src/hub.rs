@@ -8,9 +8,10 @@
 //!
 //! A publication push leaves out its `epoch` when it equals the epoch the connection was
 //! last told for the channel (docs/protocol.md §5.1.1): 27 of the 213–216 bytes of a
-//! JSON frame around a 100-byte payload, for a value the client learnt at subscribe. Each subscriber remembers that epoch (with the
-//! last offset it was sent) and picks the frame variant; the variant with the epoch goes
-//! out only on the first publication of a new epoch, e.g. after Redis lost the stream.
+//! JSON frame around a 100-byte payload, for a value the client learnt at subscribe.
+//! Each subscriber remembers that epoch (with the last offset it was sent) and picks the
+//! frame variant; the variant with the epoch goes out only on the first publication of a
+//! new epoch, e.g. after Redis lost the stream.
 //!
 //! A new subscription starts *buffering*: events are kept aside while the session reads
 //! history, then [`Hub::go_live`] replays the buffer after the position the session has
