@@ -37,6 +37,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 struct Channel {
     events: mpsc::Sender<Event>,
     position: Option<StreamPosition>,
+    /// The epoch this connection was last told for the channel (subscribe result or a
+    /// publication that carried one): the server leaves it out of publications in it,
+    /// and the driver puts it back before the application sees them.
+    epoch: Option<String>,
     /// Supplies a subscription token for every (re)subscribe, when the channel needs one.
     token: Option<TokenProvider>,
 }
@@ -83,7 +87,7 @@ impl Driver {
             config,
             requests,
             state,
-            personal: Channel { events: personal, position: None, token: None },
+            personal: Channel { events: personal, position: None, epoch: None, token: None },
             personal_name: None,
             personal_channel,
             channels: HashMap::new(),
@@ -133,7 +137,7 @@ impl Driver {
     fn offline(&mut self, request: Request) {
         match request {
             Request::Subscribe { channel, events, token, reply } => {
-                self.channels.insert(channel.clone(), Channel { events, position: None, token });
+                self.channels.insert(channel.clone(), Channel { events, position: None, epoch: None, token });
                 self.waiting.push((channel, reply));
             }
             Request::Unsubscribe { channel, reply } => {
@@ -176,6 +180,9 @@ impl Driver {
         };
         let mut connection =
             Connection { encoding: self.config.encoding, next_id: 1, pending: HashMap::new() };
+        // What a server told the previous connection does not hold for this one.
+        self.personal.epoch = None;
+        self.channels.values_mut().for_each(|channel| channel.epoch = None);
         let mut params = json!({ "token": token });
         if let Some(position) = &self.personal.position {
             params["recover"] = json!(position);
@@ -330,7 +337,7 @@ impl Driver {
                         }
                     }
                 }
-                self.channels.insert(channel.clone(), Channel { events, position: None, token });
+                self.channels.insert(channel.clone(), Channel { events, position: None, epoch: None, token });
                 let id = connection.send(socket, "subscribe", params).await?;
                 connection.pending.insert(id, Pending::Subscribe { channel, reply: Some(reply) });
             }
@@ -411,9 +418,12 @@ impl Driver {
         notice: &mut Option<Disconnect>,
     ) -> Option<Ended> {
         match push {
-            Push::Publication(publication) => {
+            Push::Publication(mut publication) => {
                 let name = publication.channel.clone();
                 let channel = self.channel_mut(&name)?;
+                if publication.apply_known_epoch(&mut channel.epoch) {
+                    tracing::debug!(channel = %name, epoch = ?channel.epoch, "the stream was reset");
+                }
                 if let (Some(offset), Some(epoch)) = (publication.offset, publication.epoch.clone()) {
                     channel.position = Some(StreamPosition { offset, epoch });
                 }
@@ -467,6 +477,7 @@ impl Driver {
 
 /// Updates a channel after a subscribe reply and tells the application.
 async fn apply_subscribed(channel: &mut Channel, result: &SubscribeResult) {
+    channel.epoch = Some(result.epoch.clone());
     if result.recovered != Some(true) {
         // Fresh or not recoverable: publications continue after the current top.
         channel.position = Some(StreamPosition { offset: result.offset, epoch: result.epoch.clone() });

@@ -9,7 +9,9 @@
 //! a reconnect (to any node) it resubscribes with that position, so the application sees
 //! every publication exactly once and in order; when the server cannot recover, the
 //! subscription yields [`Event::Subscribed`] with `recovered: Some(false)` and the
-//! application refetches its state.
+//! application refetches its state. The server leaves a publication's `epoch` out when
+//! the connection already knows it; the client puts it back, so every [`Publication`]
+//! with an offset the application sees has its epoch.
 //!
 //! The connection is judged by what the server says: its `disconnect` push decides whether
 //! and when to reconnect even if the close frame never arrives, codes 3500–3999 stop the
@@ -42,7 +44,8 @@ pub use switchboard_protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// A publication as the application receives it.
+/// A publication as the application receives it: `epoch` is present whenever `offset`
+/// is, even when the server left it out of the frame.
 pub type Publication = WirePublication<Value>;
 
 /// Why a client call failed.

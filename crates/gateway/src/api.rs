@@ -31,7 +31,7 @@ use crate::{
     broker::{BrokerError, Control, NewPublication, Since},
     channel::ChannelError,
     error::CommandError,
-    hub::wire_publication,
+    hub::{wire_publication, Epoch},
     node::Node,
 };
 
@@ -416,7 +416,11 @@ async fn history(
     // response, `more: true` when the rest must be asked for with `since_*`.
     let budget = node.config.limits.outbound_queue_bytes / 2;
     let page = node.broker.history(&params.channel, since, limit, budget, namespace.stream).await?;
-    let publications = page.publications.iter().map(|p| wire_publication(p, &*p.data)).collect();
+    // Unlike a WebSocket `history` reply, each publication keeps its epoch: a backend
+    // stores or forwards them one by one, and one response is not a connection that
+    // learnt the epoch before (docs/openapi.json, `Publication`).
+    let publications =
+        page.publications.iter().map(|p| wire_publication(p, &*p.data, Epoch::Carry)).collect();
     let result =
         HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications, more: page.truncated };
     Ok(Json(result).into_response())

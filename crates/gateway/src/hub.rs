@@ -2,9 +2,16 @@
 //!
 //! The hub knows which connections of *this node* are subscribed to which channel. The
 //! broker hands it each channel event once; the hub wraps the event in a [`Delivery`]
-//! whose frames are encoded lazily, at most once per wire format, and pushes the shared
-//! bytes into each subscriber's bounded [`Outbox`]. Pushing never waits, so a slow
-//! subscriber cannot delay the others (its outbox closes it instead).
+//! whose frames are encoded lazily, at most once per wire format and [`Epoch`] variant,
+//! and pushes the shared bytes into each subscriber's bounded [`Outbox`]. Pushing never
+//! waits, so a slow subscriber cannot delay the others (its outbox closes it instead).
+//!
+//! A publication push leaves out its `epoch` when it equals the epoch the connection was
+//! last told for the channel (docs/protocol.md §5.1.1): 27 of the 213–216 bytes of a
+//! JSON frame around a 100-byte payload, for a value the client learnt at subscribe.
+//! Each subscriber remembers that epoch (with the last offset it was sent) and picks the
+//! frame variant; the variant with the epoch goes out only on the first publication of a
+//! new epoch, e.g. after Redis lost the stream.
 //!
 //! A new subscription starts *buffering*: events are kept aside while the session reads
 //! history, then [`Hub::go_live`] replays the buffer after the position the session has
@@ -37,27 +44,58 @@ use crate::{
 /// Identifies a connection on this node.
 pub type ConnId = u64;
 
+/// Whether a publication frame carries its `epoch`. It does when the epoch differs from
+/// the one the connection was last told for the channel (by a subscribe result, or an
+/// earlier publication push); the client applies the epoch it knows to a publication
+/// without one (docs/protocol.md §5.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epoch {
+    /// The frame carries `epoch` (also the only variant of events without one).
+    Carry,
+    /// The frame leaves `epoch` out: the connection already knows it.
+    Omit,
+}
+
+impl Epoch {
+    /// [`Epoch::Omit`] when `epoch` equals `known`, the epoch the connection was last told.
+    pub fn against(epoch: Option<&str>, known: &str) -> Epoch {
+        if epoch == Some(known) {
+            Epoch::Omit
+        } else {
+            Epoch::Carry
+        }
+    }
+}
+
 /// One channel event on its way to local subscribers, with its frames encoded on demand.
 #[derive(Debug)]
 pub struct Delivery {
     channel: Arc<str>,
     event: ChannelEvent,
-    frames: [OnceLock<Option<WireFrame>>; 2],
+    /// Per wire format, the frame with the epoch and the frame without it.
+    frames: [[OnceLock<Option<WireFrame>>; 2]; 2],
     received_at: Instant,
 }
 
 impl Delivery {
     /// Wraps an event of `channel` received now.
     pub fn new(channel: Arc<str>, event: ChannelEvent) -> Delivery {
-        Delivery { channel, event, frames: [OnceLock::new(), OnceLock::new()], received_at: Instant::now() }
+        Delivery { channel, event, frames: Default::default(), received_at: Instant::now() }
     }
 
-    /// The frame for `encoding`, encoded on first use and shared afterwards. A publication
-    /// always has a frame (see [`publication_frame`]); `None` only for a join or leave
-    /// event that cannot be represented in that encoding (logged once).
-    pub fn frame(&self, encoding: Encoding) -> Option<&WireFrame> {
-        self.frames[encoding.index()]
-            .get_or_init(|| match self.encode(encoding) {
+    /// The frame for `encoding`, with or without the epoch, encoded on first use and
+    /// shared afterwards. An event without an epoch (join, leave, ephemeral publication)
+    /// has one frame per encoding whatever `epoch` says. A publication always has a frame
+    /// (see [`publication_frame`]); `None` only for a join or leave event that cannot be
+    /// represented in that encoding (logged once).
+    pub fn frame(&self, encoding: Encoding, epoch: Epoch) -> Option<&WireFrame> {
+        let epoch = if self.stream_position().is_some() { epoch } else { Epoch::Carry };
+        let variant = match epoch {
+            Epoch::Carry => 0,
+            Epoch::Omit => 1,
+        };
+        self.frames[encoding.index()][variant]
+            .get_or_init(|| match self.encode(encoding, epoch) {
                 Ok(message) => Some(message),
                 Err(error) => {
                     tracing::error!(%error, channel = %self.channel, encoding = encoding.name(), "cannot encode channel event");
@@ -67,9 +105,9 @@ impl Delivery {
             .as_ref()
     }
 
-    fn encode(&self, encoding: Encoding) -> Result<WireFrame, CodecError> {
+    fn encode(&self, encoding: Encoding, epoch: Epoch) -> Result<WireFrame, CodecError> {
         match &self.event {
-            ChannelEvent::Publication(publication) => publication_frame(publication, encoding),
+            ChannelEvent::Publication(publication) => publication_frame(publication, encoding, epoch),
             ChannelEvent::Control(_) => {
                 Err(CodecError::Json(serde::ser::Error::custom("control events are not sent")))
             }
@@ -95,21 +133,26 @@ impl Delivery {
     }
 }
 
-/// Encodes a publication push in `encoding`. The payload is raw JSON, copied verbatim into
-/// JSON frames; MessagePack needs it as a value, parsed once here.
+/// Encodes a publication push in `encoding`, with or without its epoch. The payload is
+/// raw JSON, copied verbatim into JSON frames; MessagePack needs it as a value, parsed
+/// once here.
 ///
 /// # Errors
 /// [`CodecError`] when the payload cannot be represented in `encoding`.
-pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Result<WireFrame, CodecError> {
+pub fn encode_publication(
+    publication: &Publication,
+    encoding: Encoding,
+    epoch: Epoch,
+) -> Result<WireFrame, CodecError> {
     let bytes = match encoding {
         Encoding::Json => {
             let push: Push<&serde_json::value::RawValue> =
-                Push::Publication(wire_publication(publication, &*publication.data));
+                Push::Publication(wire_publication(publication, &*publication.data, epoch));
             codec::encode(encoding, &push)?
         }
         Encoding::MsgPack => {
             let data: serde_json::Value = serde_json::from_str(publication.data.get())?;
-            codec::encode(encoding, &Push::Publication(wire_publication(publication, data)))?
+            codec::encode(encoding, &Push::Publication(wire_publication(publication, data, epoch)))?
         }
     };
     Ok(to_frame(encoding, &bytes))
@@ -122,10 +165,14 @@ pub fn encode_publication(publication: &Publication, encoding: Encoding) -> Resu
 ///
 /// # Errors
 /// Only if even that placeholder cannot be encoded.
-pub fn publication_frame(publication: &Publication, encoding: Encoding) -> Result<WireFrame, CodecError> {
-    encode_publication(publication, encoding).or_else(|error| {
+pub fn publication_frame(
+    publication: &Publication,
+    encoding: Encoding,
+    epoch: Epoch,
+) -> Result<WireFrame, CodecError> {
+    encode_publication(publication, encoding, epoch).or_else(|error| {
         tracing::error!(%error, channel = %publication.channel, offset = ?publication.offset, encoding = encoding.name(), "publication cannot be encoded: sending a placeholder");
-        let placeholder = undeliverable(publication, encoding, &error);
+        let placeholder = undeliverable(publication, encoding, epoch, &error);
         Ok(to_frame(encoding, &codec::encode(encoding, &Push::Publication(placeholder))?))
     })
 }
@@ -134,9 +181,10 @@ pub fn publication_frame(publication: &Publication, encoding: Encoding) -> Resul
 fn undeliverable(
     publication: &Publication,
     encoding: Encoding,
+    epoch: Epoch,
     error: &CodecError,
 ) -> push::Publication<serde_json::Value> {
-    let mut wire = wire_publication(publication, serde_json::Value::Null);
+    let mut wire = wire_publication(publication, serde_json::Value::Null, epoch);
     let message = format!("the payload cannot be encoded as {}: {error}", encoding.name());
     wire.error = Some(ErrorBody::new(Code::Internal, message));
     wire
@@ -144,7 +192,8 @@ fn undeliverable(
 
 /// A history reply (`id`, the page) in `encoding`, publications with their payloads as
 /// stored; a payload that cannot be encoded becomes a placeholder as in
-/// [`publication_frame`].
+/// [`publication_frame`]. Publications leave out their epoch, which is the result's
+/// (a page is read from one stream; one that is not would carry its own).
 ///
 /// # Errors
 /// [`CodecError`] when the reply cannot be encoded.
@@ -167,16 +216,23 @@ pub fn history_reply(
     match encoding {
         // JSON frames carry the stored JSON text as it is: nothing to parse.
         Encoding::Json => {
-            let publications = page.publications.iter().map(|p| wire_publication(p, &*p.data)).collect();
+            let publications = page
+                .publications
+                .iter()
+                .map(|p| wire_publication(p, &*p.data, Epoch::against(p.epoch.as_deref(), &page.epoch)))
+                .collect();
             reply(id, page, more, publications, encoding)
         }
         Encoding::MsgPack => {
             let publications = page
                 .publications
                 .iter()
-                .map(|p| match serde_json::from_str(p.data.get()) {
-                    Ok(data) => wire_publication(p, data),
-                    Err(error) => undeliverable(p, encoding, &CodecError::Json(error)),
+                .map(|p| {
+                    let epoch = Epoch::against(p.epoch.as_deref(), &page.epoch);
+                    match serde_json::from_str(p.data.get()) {
+                        Ok(data) => wire_publication(p, data, epoch),
+                        Err(error) => undeliverable(p, encoding, epoch, &CodecError::Json(error)),
+                    }
                 })
                 .collect();
             reply(id, page, more, publications, encoding)
@@ -184,12 +240,15 @@ pub fn history_reply(
     }
 }
 
-/// The wire form of a publication with `data` as given.
-pub fn wire_publication<D>(publication: &Publication, data: D) -> push::Publication<D> {
+/// The wire form of a publication with `data` as given, with or without its epoch.
+pub fn wire_publication<D>(publication: &Publication, data: D, epoch: Epoch) -> push::Publication<D> {
     push::Publication {
         channel: publication.channel.to_string(),
         offset: publication.offset,
-        epoch: publication.epoch.as_deref().map(str::to_string),
+        epoch: match epoch {
+            Epoch::Carry => publication.epoch.as_deref().map(str::to_string),
+            Epoch::Omit => None,
+        },
         event: publication.event.clone(),
         data,
         ts: publication.ts,
@@ -219,26 +278,39 @@ struct Subscriber {
     state: State,
     /// The last position this subscriber was sent. Publications at or before it are
     /// dropped: with Redis, a live message can reach the hub after the subscriber
-    /// already got the same publication from history.
+    /// already got the same publication from history. Its epoch is also the one the
+    /// connection was last told for the channel, which decides whether a publication
+    /// frame needs its `epoch`.
     last: Option<(Arc<str>, u64)>,
 }
 
 impl Subscriber {
     fn push(&mut self, delivery: &Delivery) {
-        if let Some((epoch, offset)) = delivery.stream_position() {
-            match &mut self.last {
-                // Same stream: only the offset moves (no allocation on the hot path).
-                Some((last_epoch, last)) if Arc::ptr_eq(last_epoch, epoch) || **last_epoch == **epoch => {
+        let epoch = match delivery.stream_position() {
+            None => Epoch::Carry,
+            Some((epoch, offset)) => match &mut self.last {
+                // Same stream: only the offset moves (no allocation on the hot path), and
+                // the client already knows the epoch.
+                Some((told, last)) if Arc::ptr_eq(told, epoch) || **told == **epoch => {
                     if offset <= *last {
                         return;
                     }
                     *last = offset;
+                    Epoch::Omit
                 }
-                _ => self.last = Some((epoch.clone(), offset)),
-            }
-        }
-        if let Some(frame) = delivery.frame(self.encoding) {
+                // A new stream (or none told yet): this frame tells the client.
+                _ => {
+                    self.last = Some((epoch.clone(), offset));
+                    Epoch::Carry
+                }
+            },
+        };
+        if let Some(frame) = delivery.frame(self.encoding, epoch) {
             self.outbox.push(frame.clone(), Some(delivery.received_at));
+        } else if delivery.stream_position().is_some() && epoch == Epoch::Carry {
+            // Not even a placeholder could be encoded, so the client was not told the new
+            // epoch: the next publication must carry it.
+            self.last = None;
         }
     }
 }
@@ -273,7 +345,9 @@ impl Hub {
 
     /// Replays what was buffered since [`Hub::subscribe`], skipping publications at or
     /// before `delivered` (the last position the session already sent, as epoch and
-    /// offset), then switches the subscription to live delivery.
+    /// offset), then switches the subscription to live delivery. `delivered`'s epoch is
+    /// also the one the session told the client (its reply, or the last recovered
+    /// publication that carried one): publications in it leave their epoch out.
     pub fn go_live(&self, channel: &str, conn: ConnId, delivered: Option<(&str, u64)>) {
         let Some(mut subscribers) = self.channels.get_mut(channel) else {
             return;
@@ -400,15 +474,15 @@ mod tests {
             ts: 1,
             from: None,
         };
-        let json = publication_frame(&publication, Encoding::Json).expect("json");
+        let json = publication_frame(&publication, Encoding::Json, Epoch::Carry).expect("json");
         assert!(json.payload().len() > 400, "JSON carries the payload verbatim");
-        let packed = publication_frame(&publication, Encoding::MsgPack).expect("placeholder");
+        let packed = publication_frame(&publication, Encoding::MsgPack, Epoch::Carry).expect("placeholder");
         let push: Push<serde_json::Value> =
             codec::decode(Encoding::MsgPack, packed.payload()).expect("decode");
         let Push::Publication(wire) = push else { panic!("not a publication: {push:?}") };
         assert_eq!(
-            (wire.offset, wire.event.as_deref(), &wire.data),
-            (Some(7), Some("tally"), &serde_json::Value::Null)
+            (wire.offset, wire.epoch.as_deref(), wire.event.as_deref(), &wire.data),
+            (Some(7), Some("e"), Some("tally"), &serde_json::Value::Null)
         );
         assert_eq!(wire.error.map(|e| e.code), Some(Code::Internal));
         let page =
@@ -417,6 +491,7 @@ mod tests {
         let reply: serde_json::Value = codec::decode(Encoding::MsgPack, reply.payload()).expect("decode");
         let first = &reply["result"]["publications"][0];
         assert_eq!(first["offset"], 7);
+        assert_eq!(first.get("epoch"), None, "the result's epoch applies");
         assert_eq!(first["data"], serde_json::Value::Null);
         assert_eq!(first["error"]["code"], 100);
     }
@@ -443,5 +518,91 @@ mod tests {
         // A new epoch (stream reset) starts over.
         hub.deliver("c", publication(&Arc::from("e2"), 1));
         assert!(rx.try_recv().is_some());
+    }
+
+    /// Every frame queued in `rx`, decoded (JSON or MessagePack, by frame type).
+    fn sent(rx: &mut crate::outbox::OutboxReceiver) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        while let Some(frame) = rx.try_recv() {
+            let encoding = if frame.frame.is_binary() { Encoding::MsgPack } else { Encoding::Json };
+            frames.push(codec::decode(encoding, frame.frame.payload()).expect("decode"));
+        }
+        frames
+    }
+
+    fn subscribed(
+        hub: &Hub,
+        conn: ConnId,
+        encoding: Encoding,
+        told: (&str, u64),
+    ) -> crate::outbox::OutboxReceiver {
+        let (outbox, rx) = outbox(16, 1 << 20, Arc::new(ConnControl::default()));
+        assert!(hub.subscribe("c", conn, outbox, encoding));
+        hub.go_live("c", conn, Some(told));
+        rx
+    }
+
+    /// Protocol §5.1.1: after the subscribe reply told the epoch, publications leave it out;
+    /// the first publication of a new epoch carries it, and the ones after it do not.
+    #[test]
+    fn publications_carry_the_epoch_only_when_it_changes() {
+        let hub = Hub::new(Arc::new(Metrics::new()), 16);
+        let mut rx = subscribed(&hub, 1, Encoding::Json, ("e1", 0));
+        let (e1, e2): (Arc<str>, Arc<str>) = (Arc::from("e1"), Arc::from("e2"));
+        hub.deliver("c", publication(&e1, 1));
+        hub.deliver("c", publication(&e1, 2));
+        hub.deliver("c", publication(&e2, 1));
+        hub.deliver("c", publication(&e2, 2));
+        let epochs: Vec<_> =
+            sent(&mut rx).iter().map(|f| (f["offset"].clone(), f.get("epoch").cloned())).collect();
+        assert_eq!(
+            epochs,
+            [(1.into(), None), (2.into(), None), (1.into(), Some("e2".into())), (2.into(), None),]
+        );
+    }
+
+    /// One delivery serves subscribers who know different epochs: each gets the variant
+    /// it needs, in its encoding, and every variant is encoded once and shared.
+    #[test]
+    fn subscribers_who_know_different_epochs_each_get_their_variant() {
+        let hub = Hub::new(Arc::new(Metrics::new()), 16);
+        let mut knows = subscribed(&hub, 1, Encoding::Json, ("e2", 0));
+        let mut also_knows = subscribed(&hub, 2, Encoding::Json, ("e2", 0));
+        let mut stale = subscribed(&hub, 3, Encoding::Json, ("e1", 9));
+        let mut packed = subscribed(&hub, 4, Encoding::MsgPack, ("e2", 0));
+        let mut packed_stale = subscribed(&hub, 5, Encoding::MsgPack, ("e1", 9));
+        hub.deliver("c", publication(&Arc::from("e2"), 1));
+        let raw =
+            |rx: &mut crate::outbox::OutboxReceiver| rx.try_recv().expect("a frame").frame.into_payload();
+        let (a, b, c) = (raw(&mut knows), raw(&mut also_knows), raw(&mut stale));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one encoding shared by both");
+        assert!(!String::from_utf8_lossy(&a).contains("\"epoch\""), "{a:?}");
+        let c: serde_json::Value = serde_json::from_slice(&c).expect("json");
+        assert_eq!((c["offset"].clone(), c["epoch"].clone()), (1.into(), "e2".into()));
+        assert_eq!(sent(&mut packed)[0].get("epoch"), None);
+        assert_eq!(sent(&mut packed_stale)[0]["epoch"], "e2");
+        // Once told, the stale subscriber is like the others.
+        hub.deliver("c", publication(&Arc::from("e2"), 2));
+        for rx in [&mut knows, &mut also_knows, &mut stale, &mut packed, &mut packed_stale] {
+            assert_eq!(sent(rx)[0].get("epoch"), None);
+        }
+    }
+
+    /// Encoded at most once per encoding and variant; events without an epoch (join,
+    /// leave, ephemeral publications) have one frame per encoding.
+    #[test]
+    fn a_delivery_encodes_each_variant_once() {
+        let delivery = Delivery::new(Arc::from("c"), publication(&Arc::from("e"), 1));
+        let frame = |epoch| delivery.frame(Encoding::Json, epoch).expect("frame").clone().into_payload();
+        assert_eq!(frame(Epoch::Omit).as_ptr(), frame(Epoch::Omit).as_ptr());
+        assert_ne!(frame(Epoch::Omit), frame(Epoch::Carry));
+        assert_eq!(frame(Epoch::Carry).len() - frame(Epoch::Omit).len(), r#","epoch":"e""#.len());
+        let ChannelEvent::Publication(mut ephemeral) = publication(&Arc::from("e"), 1) else {
+            unreachable!()
+        };
+        (ephemeral.offset, ephemeral.epoch) = (None, None);
+        let delivery = Delivery::new(Arc::from("c"), ChannelEvent::Publication(ephemeral));
+        let frame = |epoch| delivery.frame(Encoding::MsgPack, epoch).expect("frame").clone().into_payload();
+        assert_eq!(frame(Epoch::Omit).as_ptr(), frame(Epoch::Carry).as_ptr());
     }
 }

@@ -143,6 +143,8 @@ async fn read_routes() {
     assert_eq!(status, 200);
     assert_eq!(body["publications"][0]["data"]["n"], 1);
     let epoch = body["epoch"].as_str().unwrap().to_string();
+    // Unlike a WebSocket history reply, every publication keeps its epoch over HTTP.
+    assert_eq!(body["publications"][0]["epoch"], epoch.as_str());
     let (status, body) = call(
         &server,
         "GET",

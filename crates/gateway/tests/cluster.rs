@@ -137,7 +137,12 @@ impl Follower {
                     if frame["push"] == "publication" && frame["channel"] == self.channel.as_str() {
                         let offset = frame["offset"].as_u64().unwrap();
                         self.received.push(offset);
-                        self.position = Some((offset, frame["epoch"].as_str().unwrap().to_string()));
+                        // Protocol §5.1.1: no `epoch` means the one this connection was told.
+                        let epoch = match frame["epoch"].as_str() {
+                            Some(epoch) => epoch.to_string(),
+                            None => self.position.take().unwrap().1,
+                        };
+                        self.position = Some((offset, epoch));
                     }
                 }
                 Ok(Some(Ok(_))) => {}
@@ -212,8 +217,7 @@ async fn redis_restart_with_persistence_loses_no_acknowledged_publication() {
     let mut redis = RedisServer::start(Persistence::AppendOnly);
     let nodes = start_nodes(&redis, 2);
     let mut subscriber = connect_url(&nodes[0].ws_url(), "s", Encoding::Json).await;
-    let reply = subscriber.ok("subscribe", json!({"channel": "chat:durable"})).await;
-    let epoch = reply["epoch"].clone();
+    subscriber.ok("subscribe", json!({"channel": "chat:durable"})).await;
     let mut publisher = connect_url(&nodes[1].ws_url(), "p", Encoding::Json).await;
     let mut acknowledged = Vec::new();
     let mut unavailable = 0;
@@ -237,7 +241,8 @@ async fn redis_restart_with_persistence_loses_no_acknowledged_publication() {
     let mut received = HashMap::new();
     while received.len() < acknowledged.len() {
         let publication = subscriber.publication().await;
-        assert_eq!(publication.epoch.as_deref(), epoch.as_str(), "persistence keeps the epoch");
+        // A publication carries an epoch only when it is not the one the subscribe told.
+        assert_eq!(publication.epoch, None, "persistence keeps the epoch");
         let offset = publication.offset.unwrap();
         assert!(received.insert(offset, publication.data).is_none(), "duplicate offset {offset}");
         if offset == last {
@@ -267,10 +272,11 @@ async fn wiped_redis_gives_recovered_false_and_a_new_epoch() {
     let mut redis = RedisServer::start(Persistence::None);
     let nodes = start_nodes(&redis, 1);
     let mut client = connect_url(&nodes[0].ws_url(), "s", Encoding::Json).await;
-    client.ok("subscribe", json!({"channel": "chat:wipe"})).await;
+    let subscribed = client.ok("subscribe", json!({"channel": "chat:wipe"})).await;
+    let old_epoch = subscribed["epoch"].as_str().unwrap().to_string();
     client.ok("publish", json!({"channel": "chat:wipe", "data": 1})).await;
     let first = client.publication().await;
-    let old_epoch = first.epoch.clone().unwrap();
+    assert_eq!((first.offset, first.epoch), (Some(1), None), "in the epoch the subscribe told");
     redis.restart_wiped();
     nodes[0].wait_ready();
     // Readiness came back: the node reconnected and resubscribed.
@@ -280,11 +286,15 @@ async fn wiped_redis_gives_recovered_false_and_a_new_epoch() {
         .await;
     assert_eq!(reply["recovered"], false);
     assert_ne!(reply["epoch"], old_epoch.as_str());
-    // Live traffic continues on the new epoch for clients that stayed connected.
+    // Live traffic continues on the new epoch for clients that stayed connected: the
+    // first publication of it carries the epoch (protocol §5.1.1), the next ones do not.
     fresh.ok("publish", json!({"channel": "chat:wipe", "data": 2})).await;
     let next = client.publication().await;
     assert_eq!(next.data, json!(2));
-    assert_ne!(next.epoch.as_deref(), Some(old_epoch.as_str()));
+    assert_eq!(next.epoch.as_deref(), reply["epoch"].as_str());
+    fresh.ok("publish", json!({"channel": "chat:wipe", "data": 3})).await;
+    let after = client.publication().await;
+    assert_eq!((after.data, after.epoch), (json!(3), None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,10 +122,12 @@ async fn not_recovered_when_trimmed_or_epoch_changed() {
 #[tokio::test]
 async fn personal_channel_recovers_at_connect() {
     let server = TestServer::start(config()).await;
-    let mut device = server.connect("u9", Encoding::Json).await;
+    let mut device = server.open(Encoding::Json).await;
+    let connected = device.ok("connect", json!({"token": fixture::token("u9")})).await;
+    let epoch = connected["subscriptions"][0]["epoch"].as_str().unwrap().to_string();
     server.backend_publish("user:u9", "notification", json!({"n": 1})).await;
     let first = device.publication().await;
-    let epoch = first.epoch.clone().unwrap();
+    assert_eq!((first.offset, first.epoch), (Some(1), None), "the connect reply told the epoch");
     drop(device);
     for n in 2..=4 {
         server.backend_publish("user:u9", "notification", json!({"n": n})).await;

@@ -111,7 +111,9 @@ async fn history_is_paged_to_the_outbound_budget() {
             break;
         }
         let last = publications.last().unwrap();
-        since = Some(json!({"offset": last["offset"], "epoch": last["epoch"]}));
+        // Publications in a history reply are in the result's epoch (protocol §4.7).
+        assert_eq!(last.get("epoch"), None);
+        since = Some(json!({"offset": last["offset"], "epoch": page["epoch"]}));
     }
     assert_eq!(seen, (1..=40).collect::<Vec<u64>>(), "every publication once, in order, over several pages");
     server.shutdown().await;

@@ -2,6 +2,10 @@
 //!
 //! A push is `{"push": "<kind>", ...fields}` and never carries an `id`, which is how a
 //! client tells it apart from a reply.
+//!
+//! A `publication` push leaves out the `epoch` the connection already knows for its
+//! channel, to keep the most frequent frame small; [`Publication::apply_known_epoch`] is
+//! the client side of that rule.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +40,9 @@ pub struct Publication<D> {
     /// Contiguous offset within the epoch; absent for ephemeral publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// Stream epoch; absent for ephemeral publications.
+    /// Stream epoch. Absent for ephemeral publications, and also whenever it equals the
+    /// epoch this connection was last told for the channel (a subscribe result, or an
+    /// earlier publication push): see [`Publication::apply_known_epoch`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
     /// Application event name.
@@ -54,6 +60,37 @@ pub struct Publication<D> {
     /// no gap and knows what it lost (see `docs/protocol.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::ErrorBody>,
+}
+
+impl<D> Publication<D> {
+    /// The client's half of the epoch rule (docs/protocol.md §5.1.1), for a publication
+    /// push received on a connection whose last told epoch for this channel is `known`
+    /// (set from every subscribe result of the channel on this connection):
+    ///
+    /// - a publication with an offset and no epoch is in `known`: it is filled in;
+    /// - one that carries an epoch replaces `known` (the stream was reset); this returns
+    ///   `true` when that epoch differs from what was known, which the application must
+    ///   treat like `recovered: false`;
+    /// - an ephemeral publication (no offset) changes nothing.
+    ///
+    /// A publication without an epoch while nothing is known (never expected from a
+    /// server) is left without one.
+    pub fn apply_known_epoch(&mut self, known: &mut Option<String>) -> bool {
+        if self.offset.is_none() {
+            return false;
+        }
+        match &self.epoch {
+            None => {
+                self.epoch.clone_from(known);
+                false
+            }
+            Some(epoch) if known.as_deref() == Some(epoch.as_str()) => false,
+            Some(epoch) => {
+                *known = Some(epoch.clone());
+                true
+            }
+        }
+    }
 }
 
 /// A join or leave event.
@@ -104,5 +141,45 @@ impl Disconnect {
             reconnect: code.should_reconnect(),
             reconnect_after_ms: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(offset: Option<u64>, epoch: Option<&str>) -> Publication<()> {
+        Publication {
+            channel: "c".into(),
+            offset,
+            epoch: epoch.map(str::to_string),
+            event: None,
+            data: (),
+            ts: 0,
+            from: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_known_epoch_fills_publications_without_one_and_follows_a_carried_one() {
+        let mut known = Some("e1".to_string());
+        let mut same = publication(Some(4), None);
+        assert!(!same.apply_known_epoch(&mut known));
+        assert_eq!(same.epoch.as_deref(), Some("e1"));
+
+        let mut reset = publication(Some(1), Some("e2"));
+        assert!(reset.apply_known_epoch(&mut known), "a new epoch is reported");
+        assert_eq!(known.as_deref(), Some("e2"));
+        let mut after = publication(Some(2), None);
+        assert!(!after.apply_known_epoch(&mut known));
+        assert_eq!(after.epoch.as_deref(), Some("e2"));
+
+        let mut repeated = publication(Some(3), Some("e2"));
+        assert!(!repeated.apply_known_epoch(&mut known), "the known epoch, carried again");
+
+        let mut ephemeral = publication(None, None);
+        assert!(!ephemeral.apply_known_epoch(&mut known));
+        assert_eq!(ephemeral.epoch, None);
     }
 }

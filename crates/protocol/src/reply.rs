@@ -117,7 +117,8 @@ pub struct HistoryResult<P> {
     pub epoch: String,
     /// Offset of the newest publication in the stream.
     pub offset: u64,
-    /// Publications, oldest first.
+    /// Publications, oldest first. Over WebSocket they leave out their `epoch`, which is
+    /// this result's; the HTTP API's history keeps it on each publication.
     pub publications: Vec<P>,
     /// `true` when the reply stopped early because the publications asked for do not fit
     /// in one reply (the connection's outbound byte budget): ask again with `since` set to

@@ -25,7 +25,7 @@ use crate::{
     channel::{personal_channel, Namespace},
     config::SubscribePolicy,
     error::CommandError,
-    hub::{history_reply, publication_frame},
+    hub::{history_reply, publication_frame, Epoch},
 };
 
 /// Where a new subscription starts.
@@ -320,10 +320,18 @@ impl Session {
 
     /// Queues the missed publications, switches the subscription live and announces the
     /// connection in presence.
+    ///
+    /// The reply just told the client the stream's epoch, so recovered publications leave
+    /// it out (they are read from that stream); the hub goes on from the epoch told.
     async fn go_live(&mut self, prepared: Prepared) {
         let Prepared { channel, namespace, result, missed } = prepared;
+        let mut told = result.epoch.as_str();
         for publication in &missed {
-            match publication_frame(publication, self.encoding) {
+            let epoch = Epoch::against(publication.epoch.as_deref(), told);
+            if let (Epoch::Carry, Some(carried)) = (epoch, publication.epoch.as_deref()) {
+                told = carried;
+            }
+            match publication_frame(publication, self.encoding, epoch) {
                 Ok(message) => {
                     if !self.outbox.push_waiting(message, self.outbound_wait()).await {
                         break;
@@ -338,7 +346,7 @@ impl Session {
                 }
             }
         }
-        self.node.hub.go_live(&channel, self.conn, Some((&result.epoch, result.offset)));
+        self.node.hub.go_live(&channel, self.conn, Some((told, result.offset)));
         let client = self.client_info();
         if namespace.config.presence {
             if let Err(error) = self.node.broker.presence_add(&channel, client.clone()).await {

@@ -94,6 +94,16 @@ impl WireFrame {
     pub fn payload(&self) -> &[u8] {
         &self.bytes[usize::from(self.header)..]
     }
+
+    /// The payload without the header, sharing the frame's buffer.
+    pub fn into_payload(self) -> Bytes {
+        self.bytes.slice(usize::from(self.header)..)
+    }
+
+    /// Whether this is a binary frame (MessagePack).
+    pub fn is_binary(&self) -> bool {
+        self.header > 0 && self.bytes[0] & 0x0F == OpCode::Binary as u8
+    }
 }
 
 fn header(opcode: OpCode, length: usize) -> Vec<u8> {
