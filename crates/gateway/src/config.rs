@@ -249,8 +249,8 @@ pub struct LimitsConfig {
     /// Default 4096.
     pub outbound_queue_frames: usize,
     /// How long a large reply (history) or a recovery burst may wait for room in the
-    /// outbound queue before the connection is closed with 3001 `slow_consumer`, in
-    /// milliseconds. Default 10000.
+    /// outbound queue, and how long a full socket may go without draining one byte, before
+    /// the connection is closed with 3001 `slow_consumer`, in milliseconds. Default 10000.
     pub outbound_wait_ms: u64,
     /// Allowed `Origin` header values for browser connections; `*` allows any. Requests
     /// without an `Origin` header (non-browser clients) are always allowed. A refused
@@ -265,9 +265,6 @@ pub struct LimitsConfig {
     /// it dominates idle memory. Larger frames still arrive (the buffer grows while
     /// reading them). Default 1024.
     pub read_buffer_bytes: usize,
-    /// Per-connection WebSocket write buffer, in bytes; writes are coalesced up to this
-    /// size before a flush. Default 16384.
-    pub write_buffer_bytes: usize,
     /// Deepest nesting of a publication's `data` (`[[1]]` is 2 levels); deeper is answered
     /// with 103 `bad_request` on every path (WebSocket, HTTP API). At most 100. Default 64.
     pub max_nesting_depth: usize,
@@ -297,7 +294,6 @@ impl Default for LimitsConfig {
             max_channel_length: 255,
             max_history_limit: 1000,
             read_buffer_bytes: 1024,
-            write_buffer_bytes: 16_384,
             max_nesting_depth: switchboard_protocol::payload::DEFAULT_MAX_NESTING_DEPTH,
             handshake_timeout_ms: 10_000,
             max_pending_handshakes: 1024,

@@ -56,12 +56,16 @@ pub(crate) async fn run(
         metrics.connections_total.inc();
         let control = Arc::new(ConnControl::default());
         let limits = &node.config.limits;
-        let (read, write) = socket.stream.into_split();
+        let Upgraded { stream, prefix } = socket;
+        let (read, write) = stream.into_split();
         let sink =
             outbox::Sink { stream: write, shard: node.flushers.shard_of(conn), metrics: metrics.clone() };
         let (outbox, socket_writer) =
             outbox::connect(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone(), sink);
-        let stream = inbound(read, &socket.prefix, outbox.clone(), read_config(&node)).await;
+        let stream = inbound(read, &prefix, outbox.clone(), read_config(&node)).await;
+        // Even empty, it can share the HTTP server's whole read buffer: not for the
+        // connection's lifetime.
+        drop(prefix);
         let stall_timeout = Duration::from_millis(limits.outbound_wait_ms);
         let writer = tokio::spawn(writer::run(socket_writer, control.clone(), encoding, stall_timeout));
         let counted = node.try_add_connection();
