@@ -2,7 +2,7 @@
 //!
 //! [`server::run`] serves one node on a bound listener until its shutdown future
 //! resolves. Modules by job: [`config`], [`auth`], [`channel`], [`http`], `session` (one
-//! connection), [`hub`] (local fan-out), [`outbox`] (per-connection bounded queue),
+//! connection), [`hub`] (local fan-out), [`subscriptions`] (join and leave), [`outbox`] (per-connection bounded queue),
 //! [`broker`] (trait and implementations), [`metrics`].
 
 pub mod api;
@@ -19,3 +19,4 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod server;
 mod session;
+pub mod subscriptions;
