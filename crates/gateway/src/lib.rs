@@ -2,8 +2,8 @@
 //!
 //! [`server::run`] serves one node on a bound listener until its shutdown future
 //! resolves. Modules by job: [`config`], [`auth`], [`channel`], [`http`], `session` (one
-//! connection), [`hub`] (local fan-out), [`subscriptions`] (join and leave), [`outbox`] (per-connection bounded queue),
-//! [`broker`] (trait and implementations), [`metrics`].
+//! connection), [`subscriptions`] (join and leave), [`hub`] (local fan-out), [`outbox`]
+//! (per-connection bounded queue), [`broker`] (trait and implementations), [`metrics`].
 
 pub mod api;
 pub mod auth;

@@ -1,8 +1,11 @@
 //! The broker: where publications get their offsets, where history and presence live,
 //! and how publications reach every node with subscribers.
 //!
-//! The [`Broker`] trait is the only thing the sessions and the hub know about. The
-//! embedded [`memory::MemoryBroker`] serves a single node with no dependencies; a Redis
+//! The [`Broker`] trait is the only thing the rest of the node knows about: the
+//! subscription lifecycle (`crate::subscriptions`) joins and leaves through it, sessions
+//! and the HTTP API publish and read. A join and a leave are one call each, so that an
+//! implementation can make each one round trip to its store. The embedded
+//! [`memory::MemoryBroker`] serves a single node with no dependencies; a Redis
 //! implementation serves a cluster. Events flow back through an [`EventSink`] (the hub),
 //! called in per-channel order and never concurrently for one channel.
 
