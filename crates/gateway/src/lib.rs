@@ -2,9 +2,9 @@
 //!
 //! [`server::run`] serves one node on a bound listener until its shutdown future
 //! resolves. Modules by job: [`config`], [`auth`], [`channel`], [`http`], `session` (one
-//! connection), [`hub`] (local fan-out), [`outbox`] (per-connection bounded queue and
-//! the flushers that write it), [`transport`] (handshake, frames, the socket),
-//! [`broker`] (trait and implementations), [`metrics`].
+//! connection), [`subscriptions`] (join and leave), [`hub`] (local fan-out), [`outbox`]
+//! (per-connection bounded queue and the flushers that write it), [`transport`]
+//! (handshake, frames, the socket), [`broker`] (trait and implementations), [`metrics`].
 
 pub mod api;
 pub mod auth;
@@ -20,4 +20,5 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod server;
 mod session;
+pub mod subscriptions;
 pub mod transport;

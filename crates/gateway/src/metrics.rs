@@ -58,6 +58,11 @@ pub struct Metrics {
     pub broker_probe_failures: IntCounter,
     /// Live messages or stream entries that could not be decoded.
     pub broker_invalid_messages: IntCounter,
+    /// Gap-fill or catch-up reads of a stream that failed and were retried.
+    pub broker_stream_read_retries: IntCounter,
+    /// Channels whose live messages overflowed the hold buffer during a stream read (the
+    /// held messages were dropped and the channel caught up from the stream instead).
+    pub broker_hold_overflows: IntCounter,
     /// Embedded broker: channel streams held in memory, counted at each sweep (every 10 s).
     pub memory_streams: IntGauge,
     /// Tasks alive in the node's async runtime (sampled when `/metrics` is read): a number
@@ -152,6 +157,14 @@ impl Metrics {
             broker_invalid_messages: counter(
                 "broker_invalid_messages_total",
                 "Undecodable live messages or stream entries",
+            ),
+            broker_stream_read_retries: counter(
+                "broker_stream_read_retries_total",
+                "Gap-fill or catch-up stream reads that failed and were retried",
+            ),
+            broker_hold_overflows: counter(
+                "broker_hold_overflows_total",
+                "Channels whose held live messages overflowed during a stream read",
             ),
             memory_streams: gauge("memory_streams", "Embedded broker: channel streams held in memory"),
             runtime_tasks: gauge("runtime_tasks", "Tasks alive in the node's async runtime"),

@@ -1,4 +1,7 @@
 //! The state one gateway node shares among its sessions and HTTP handlers.
+//!
+//! The node owns the long-lived parts (hub, broker, subscription lifecycle, counters) so
+//! that a session holds nothing but its own connection's state.
 
 use std::{
     sync::{
@@ -21,6 +24,7 @@ use crate::{
     hub::{ConnId, Hub},
     metrics::Metrics,
     outbox::shard::Flushers,
+    subscriptions::Subscriptions,
 };
 
 /// Why a node could not be built from its configuration.
@@ -51,6 +55,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// The broker.
     pub broker: Arc<dyn Broker>,
+    /// The subscription lifecycle (join and leave) over the hub and the broker.
+    pub subscriptions: Subscriptions,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node starts shutting down; every session watches it.
@@ -93,6 +99,7 @@ impl Node {
         } else {
             return Err(NodeError::BrokerUrl(config.broker.url.clone()));
         };
+        let subscriptions = Subscriptions::new(hub.clone(), broker.clone());
         Ok(Arc::new(Node {
             config,
             id,
@@ -100,6 +107,7 @@ impl Node {
             rules,
             hub,
             broker,
+            subscriptions,
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),

@@ -252,3 +252,97 @@ async fn acknowledgements_in_redis_move_forward_and_foreign_epochs_replace_them(
     let error = anonymous.err("ack", json!({"channel": "chat:x", "offset": 1, "epoch": epoch})).await;
     assert_eq!(error.code, Code::NotAvailable);
 }
+
+/// `INFO commandstats` counters of `redis`, by command (`fcall`, `subscribe`, ...).
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// docs/redis.md §6: a subscribe costs one Redis round trip, `FCALL sb_join` (position,
+/// presence, join event), plus the node's `SUBSCRIBE`, which a batch of subscriptions
+/// shares. Counted by Redis itself. (Commands run inside a function are counted under
+/// their own names too, so only FCALL and SUBSCRIBE tell the client's round trips.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_subscribe_costs_one_function_call() {
+    const SUBSCRIPTIONS: u64 = 40;
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    // Presence refreshes would be function calls too: none within this test.
+    let node = node(&redis, &[("SWITCHBOARD_BROKER__PRESENCE_TTL_SECS", "3000")]);
+    let mut clients = Vec::new();
+    for n in 0..SUBSCRIPTIONS {
+        // Each connect joins the user's personal channel: counted before `before`.
+        clients.push(connect_url(&node.ws_url(), &format!("cost{n}"), Encoding::Json).await);
+    }
+    let before = command_calls(&redis);
+    let subscribes = clients.iter_mut().enumerate().map(|(n, client)| async move {
+        // `chat`: presence and join/leave on, the most a subscription does.
+        client.ok("subscribe", json!({"channel": format!("chat:cost-{n}")})).await
+    });
+    futures_util::future::join_all(subscribes).await;
+    let after = command_calls(&redis);
+    let delta = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    println!("{SUBSCRIPTIONS} fresh subscribes: {} FCALL, {} SUBSCRIBE", delta("fcall"), delta("subscribe"));
+    assert_eq!(delta("fcall"), SUBSCRIPTIONS, "one sb_join per subscribe");
+    assert!((1..=SUBSCRIPTIONS).contains(&delta("subscribe")), "SUBSCRIBEs are one per batch at most");
+}
+
+/// docs/redis.md §6, "Reads off the reader": a gap fill whose stream read fails is
+/// retried until it succeeds (here Redis refuses `XRANGE` to the node until the ACL is
+/// restored), while other channels keep flowing; then the filled publication and the
+/// held one arrive in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gap_fill_is_retried_while_other_channels_flow() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let node = node(&redis, &[]);
+    let mut client = connect_url(&node.ws_url(), "u1", Encoding::Json).await;
+    client.ok("subscribe", json!({"channel": "chat:held"})).await;
+    client.ok("subscribe", json!({"channel": "chat:flowing"})).await;
+    redis_cli_publish(&redis, "chat:held", &json!({"data": 1}), 1000);
+    assert_eq!(client.publication().await.offset, Some(1));
+
+    // The stream read of the gap fill (XRANGE inside sb_history) is refused from now on.
+    redis.cli(&["ACL", "SETUSER", "default", "-xrange"]);
+    let now_ms = {
+        let time = redis.cli(&["TIME"]);
+        let mut parts = time.lines().map(|l| l.trim().parse::<u64>().unwrap());
+        parts.next().unwrap() * 1000 + parts.next().unwrap() / 1000
+    };
+    // Offset 2 goes into the stream only, as if its live envelope was lost.
+    assert_eq!(redis.cli(&["HINCRBY", "sb:{chat:held}:meta", "offset", "1"]), "2");
+    let body = json!({"data": 2}).to_string();
+    redis.cli(&["XADD", "sb:{chat:held}:stream", "2-0", "t", &now_ms.to_string(), "b", &body]);
+    redis_cli_publish(&redis, "chat:held", &json!({"data": 3}), 1000);
+    eventually("the failed gap fill is retried", || async {
+        metric(&node, "switchboard_broker_stream_read_retries_total").await >= 1.0
+    })
+    .await;
+
+    // Another channel is not held up by the one waiting for its stream.
+    redis_cli_publish(&redis, "chat:flowing", &json!({"data": "meanwhile"}), 1000);
+    let publication = client.publication().await;
+    assert_eq!((publication.channel.as_str(), publication.data), ("chat:flowing", json!("meanwhile")));
+
+    redis.cli(&["ACL", "SETUSER", "default", "+xrange"]);
+    for expected in [2, 3] {
+        let publication = client.publication().await;
+        assert_eq!(
+            (publication.channel.as_str(), publication.offset, publication.data),
+            ("chat:held", Some(expected), json!(expected))
+        );
+    }
+    redis_cli_publish(&redis, "chat:held", &json!({"data": 4}), 1000);
+    let publication = client.publication().await;
+    assert_eq!((publication.offset, publication.data), (Some(4), json!(4)), "no duplicate, no gap");
+    assert_eq!(metric(&node, "switchboard_broker_gap_fills_total").await, 1.0);
+    assert_eq!(metric(&node, "switchboard_broker_duplicates_total").await, 0.0);
+}

@@ -107,6 +107,53 @@ local function publish(keys, args)
   return {offset, epoch, 0}
 end
 
+-- Reads a channel's stream for sb_history and sb_join: returns epoch, top, truncated
+-- (true when <max bytes> cut the read short) and the entries as a flat list
+-- {offset1, ts1, body1, ...}, oldest first. See sb_history for the meaning of the rest.
+local function read_stream(stream, meta, mode, after, limit, ttl, meta_ttl, unpublished_ttl, max_bytes)
+  local epoch = ensure_epoch(stream, meta, unpublished_ttl)
+  local top = tonumber(redis.call('HGET', meta, 'offset'))
+  if top > 0 then
+    -- Readers (subscribers) keep a published stream's metadata alive too, so an active
+    -- channel keeps its epoch between publications.
+    redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
+  end
+  local entries = {}
+  if limit > 0 then
+    if mode == 'after' then
+      entries = redis.call('XRANGE', stream, '(' .. after .. '-0', '+', 'COUNT', limit)
+    else
+      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+      for i = #newest, 1, -1 do
+        entries[#entries + 1] = newest[i]
+      end
+    end
+  end
+  local oldest = now_ms() - ttl
+  local out, truncated = {}, false
+  local spent, count = 0, 0
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    local ts, body
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then ts = tonumber(fields[i + 1]) elseif fields[i] == 'b' then body = fields[i + 1] end
+    end
+    if ts and ts >= oldest then
+      spent = spent + 96 + #(body or '')
+      if max_bytes and count > 0 and spent > max_bytes then
+        truncated = true
+        break
+      end
+      local id = entry[1]
+      out[#out + 1] = tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+      out[#out + 1] = ts
+      out[#out + 1] = body
+      count = count + 1
+    end
+  end
+  return epoch, top, truncated, out
+end
+
 -- FCALL sb_history 2 <stream key> <meta key> <mode: latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> [<unpublished ttl ms> <max bytes>]
 -- Returns {epoch, top, offset1, ts1, body1, offset2, ...}, oldest first: the newest <limit>
 -- entries (latest), or up to <limit> entries after <offset> (after). Entries older than
@@ -127,48 +174,14 @@ local function history(keys, args)
       or not unpublished_ttl or (args[7] and not max_bytes) then
     return redis.error_reply('ERR sb_history: expected <latest|after> <offset> <limit> <history ttl ms> <meta ttl ms> [<unpublished ttl ms> <max bytes>] (whole numbers)')
   end
-  local epoch = ensure_epoch(stream, meta, unpublished_ttl)
-  local top = tonumber(redis.call('HGET', meta, 'offset'))
-  if top > 0 then
-    -- Readers (subscribers) keep a published stream's metadata alive too, so an active
-    -- channel keeps its epoch between publications.
-    redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl), 'GT')
-  end
-  local entries = {}
-  if limit > 0 then
-    if mode == 'after' then
-      entries = redis.call('XRANGE', stream, '(' .. after .. '-0', '+', 'COUNT', limit)
-    else
-      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
-      for i = #newest, 1, -1 do
-        entries[#entries + 1] = newest[i]
-      end
-    end
-  end
-  local oldest = now_ms() - ttl
+  local epoch, top, truncated, entries =
+    read_stream(stream, meta, mode, after, limit, ttl, meta_ttl, unpublished_ttl, max_bytes)
   local out = {epoch, top}
   if max_bytes then
-    out[3] = 0
+    out[3] = truncated and 1 or 0
   end
-  local spent, count = 0, 0
-  for _, entry in ipairs(entries) do
-    local fields = entry[2]
-    local ts, body
-    for i = 1, #fields, 2 do
-      if fields[i] == 't' then ts = tonumber(fields[i + 1]) elseif fields[i] == 'b' then body = fields[i + 1] end
-    end
-    if ts and ts >= oldest then
-      spent = spent + 96 + #(body or '')
-      if max_bytes and count > 0 and spent > max_bytes then
-        out[3] = 1
-        break
-      end
-      local id = entry[1]
-      out[#out + 1] = tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
-      out[#out + 1] = ts
-      out[#out + 1] = body
-      count = count + 1
-    end
+  for _, item in ipairs(entries) do
+    out[#out + 1] = item
   end
   return out
 end
@@ -201,17 +214,19 @@ local function presence_expire(hash, zset, users)
   return removed
 end
 
--- FCALL sb_presence_add 3 <hash> <zset> <users> <client id> <user> <client info JSON> <ttl ms>
-local function presence_add(keys, args)
-  local hash, zset, users = keys[1], keys[2], keys[3]
-  local client, user, info, ttl = args[1], args[2], args[3], tonumber(args[4])
+local function presence_add_one(hash, zset, users, client, user, info, ttl)
   if redis.call('HSET', hash, client, info) == 1 then
     redis.call('HINCRBY', users, user, 1)
   end
   redis.call('ZADD', zset, now_ms() + ttl, client)
-  for _, key in ipairs(keys) do
+  for _, key in ipairs({hash, zset, users}) do
     redis.call('PEXPIRE', key, ttl * 2)
   end
+end
+
+-- FCALL sb_presence_add 3 <hash> <zset> <users> <client id> <user> <client info JSON> <ttl ms>
+local function presence_add(keys, args)
+  presence_add_one(keys[1], keys[2], keys[3], args[1], args[2], args[3], tonumber(args[4]))
   return 1
 end
 
@@ -281,12 +296,80 @@ local function ack(keys, args)
   return 1
 end
 
+-- FCALL sb_join 6 <stream key> <meta key> <presence hash> <presence zset> <presence users> <acks>
+--       <mode: latest|after|acked> <offset> <limit> <history ttl ms> <meta ttl ms> <unpublished ttl ms>
+--       <presence ttl ms, 0: no presence> <client id> <user> <client info JSON> <live channel> <join envelope, '': none>
+-- Everything a fresh subscription needs from Redis, in one atomic step (the gateway calls
+-- it once per subscribe, after its pub/sub connection is subscribed to <live channel>):
+-- reads the stream as sb_history does (latest: the newest <limit> entries; after: up to
+-- <limit> entries after <offset>; acked: the newest <limit> entries and <user>'s
+-- acknowledged position from <acks>), then, with a presence TTL, records the client as
+-- sb_presence_add does, then publishes <join envelope> on <live channel>. Returns
+-- {epoch, top, acked offset, acked epoch, offset1, ts1, body1, ...} (acked fields '' when
+-- there is no acknowledged position or the mode is not acked).
+local function join(keys, args)
+  local mode, after, limit = args[1], whole(args[2], 0), whole(args[3], 0)
+  local ttl, meta_ttl, unpublished_ttl = whole(args[4], 1), whole(args[5], 1), whole(args[6], 1)
+  local presence_ttl = whole(args[7], 0)
+  local client, user, info, live, envelope = args[8], args[9], args[10], args[11], args[12]
+  if #keys ~= 6 or (mode ~= 'after' and mode ~= 'latest' and mode ~= 'acked') or not after or not limit
+      or not ttl or not meta_ttl or not unpublished_ttl or not presence_ttl or not envelope then
+    return redis.error_reply('ERR sb_join: expected 6 keys and <latest|after|acked> <offset> <limit> <history ttl ms> <meta ttl ms> <unpublished ttl ms> <presence ttl ms> <client id> <user> <client info> <live channel> <join envelope> (whole numbers)')
+  end
+  local acked_offset, acked_epoch = '', ''
+  if mode == 'acked' then
+    local current = redis.call('HGET', keys[6], user)
+    if current then
+      local sep = string.find(current, ':', 1, true)
+      if sep then
+        acked_offset, acked_epoch = string.sub(current, 1, sep - 1), string.sub(current, sep + 1)
+      end
+    end
+    mode = 'latest'
+  end
+  local epoch, top, _, entries =
+    read_stream(keys[1], keys[2], mode, after, limit, ttl, meta_ttl, unpublished_ttl, nil)
+  if presence_ttl > 0 then
+    presence_add_one(keys[3], keys[4], keys[5], client, user, info, presence_ttl)
+  end
+  if envelope ~= '' then
+    redis.call('PUBLISH', live, envelope)
+  end
+  local out = {epoch, top, acked_offset, acked_epoch}
+  for _, item in ipairs(entries) do
+    out[#out + 1] = item
+  end
+  return out
+end
+
+-- FCALL sb_leave 3 <presence hash> <presence zset> <presence users> <client id> <tracked: 1|0> <live channel> <leave envelope, '': none>
+-- The counterpart of sb_join: with <tracked> 1, removes the client's presence entry; then
+-- publishes <leave envelope> on <live channel> unless the entry was tracked and already
+-- gone (an expired entry had its leave published by whoever expired it). Returns 1 when
+-- the client was present (always 1 with <tracked> 0), 0 otherwise.
+local function leave(keys, args)
+  local client, tracked, live, envelope = args[1], args[2], args[3], args[4]
+  if not client or (tracked ~= '1' and tracked ~= '0') or not live or not envelope then
+    return redis.error_reply('ERR sb_leave: expected <client id> <tracked: 1|0> <live channel> <leave envelope>')
+  end
+  local present = 1
+  if tracked == '1' and not presence_remove_one(keys[1], keys[2], keys[3], client) then
+    present = 0
+  end
+  if present == 1 and envelope ~= '' then
+    redis.call('PUBLISH', live, envelope)
+  end
+  return present
+end
+
 local function version()
   return VERSION
 end
 
 redis.register_function('sb_publish', publish)
 redis.register_function('sb_history', history)
+redis.register_function('sb_join', join)
+redis.register_function('sb_leave', leave)
 redis.register_function('sb_presence_add', presence_add)
 redis.register_function('sb_presence_refresh', presence_refresh)
 redis.register_function('sb_presence_remove', presence_remove)

@@ -22,8 +22,8 @@ use dashmap::DashMap;
 use switchboard_protocol::{ClientInfo, StreamPosition};
 
 use super::{
-    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, Control, EventSink, HistoryPage,
-    NewPublication, PresenceStats, Publication, Since,
+    new_epoch, unix_millis, Broker, BrokerError, ChannelEvent, Control, EventSink, HistoryPage, JoinFrom,
+    JoinRequest, Joined, NewPublication, PresenceStats, Publication, Since,
 };
 use crate::channel::StreamOptions;
 
@@ -134,13 +134,64 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {
-        // Every event of this process reaches the hub, which keeps only subscribed channels.
-        Ok(())
+    async fn join(&self, channel: &str, request: JoinRequest) -> Result<Joined, BrokerError> {
+        // No interest to register: every event of this process reaches the hub, which
+        // keeps only subscribed channels.
+        let acked = match &request.from {
+            JoinFrom::Acked(user) => self.acks.get(&(channel.to_string(), user.clone())).map(|p| p.clone()),
+            JoinFrom::Now | JoinFrom::After(_) => None,
+        };
+        let page = {
+            let stream = self.stream(channel);
+            let mut stream = lock(&stream);
+            stream.trim(request.stream, Instant::now());
+            let retained = stream.retained.iter().map(|(_, p)| p);
+            let publications = match &request.from {
+                JoinFrom::Now => Vec::new(),
+                JoinFrom::After(position) if *position.epoch == *stream.epoch => retained
+                    .filter(|p| p.offset.is_some_and(|o| o > position.offset))
+                    .take(request.limit)
+                    .cloned()
+                    .collect(),
+                JoinFrom::After(_) => Vec::new(),
+                JoinFrom::Acked(_) => {
+                    let skip = stream.retained.len().saturating_sub(request.limit);
+                    retained.skip(skip).cloned().collect()
+                }
+            };
+            HistoryPage { epoch: stream.epoch.clone(), top: stream.top, publications, truncated: false }
+        };
+        if let Some(client) = request.presence {
+            self.presence.entry(channel.to_string()).or_default().insert(client.client.clone(), client);
+        }
+        if let Some(client) = request.join_event {
+            self.sink.deliver(channel, ChannelEvent::Join(client));
+        }
+        Ok(Joined { page, acked })
     }
 
-    async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
-        Ok(())
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &ClientInfo,
+        presence: bool,
+        leave_event: bool,
+    ) -> Result<bool, BrokerError> {
+        let mut present = true;
+        if presence {
+            present = false;
+            if let dashmap::Entry::Occupied(mut entry) = self.presence.entry(channel.to_string()) {
+                present = entry.get_mut().remove(&client.client).is_some();
+                if entry.get().is_empty() {
+                    entry.remove();
+                }
+            }
+        }
+        let emitted = leave_event && present;
+        if emitted {
+            self.sink.deliver(channel, ChannelEvent::Leave(client.clone()));
+        }
+        Ok(emitted)
     }
 
     async fn publish(
@@ -190,11 +241,6 @@ impl Broker for MemoryBroker {
         // subscribers see offsets in order.
         self.sink.deliver(channel, ChannelEvent::Publication(event));
         Ok(Some(position))
-    }
-
-    async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
-        self.sink.deliver(channel, event);
-        Ok(())
     }
 
     async fn history(
@@ -247,22 +293,6 @@ impl Broker for MemoryBroker {
         Ok(HistoryPage { epoch: stream.epoch.clone(), top: stream.top, publications, truncated })
     }
 
-    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
-        self.presence.entry(channel.to_string()).or_default().insert(client.client.clone(), client);
-        Ok(())
-    }
-
-    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError> {
-        let mut removed = false;
-        if let dashmap::Entry::Occupied(mut entry) = self.presence.entry(channel.to_string()) {
-            removed = entry.get_mut().remove(client_id).is_some();
-            if entry.get().is_empty() {
-                entry.remove();
-            }
-        }
-        Ok(removed)
-    }
-
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
         Ok(self.presence.get(channel).map(|m| m.values().cloned().collect()).unwrap_or_default())
     }
@@ -284,10 +314,6 @@ impl Broker for MemoryBroker {
             *entry = position;
         }
         Ok(())
-    }
-
-    async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
-        Ok(self.acks.get(&(channel.to_string(), user.to_string())).map(|p| p.clone()))
     }
 
     async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
@@ -432,13 +458,21 @@ mod tests {
         let broker = MemoryBroker::new(Arc::new(Recorder::default()), Duration::from_secs(60));
         for (client, user) in [("a", "u1"), ("b", "u1"), ("c", "u2")] {
             let info = ClientInfo { client: client.into(), user: user.into(), info: None };
-            broker.presence_add("room", info).await.expect("add");
+            let request = JoinRequest {
+                from: JoinFrom::Now,
+                limit: 0,
+                presence: Some(info),
+                join_event: None,
+                stream: options(0),
+            };
+            broker.join("room", request).await.expect("join");
         }
         assert_eq!(
             broker.presence_stats("room").await.expect("stats"),
             PresenceStats { clients: 3, users: 2 }
         );
-        broker.presence_remove("room", "a").await.expect("remove");
+        let a = ClientInfo { client: "a".into(), user: "u1".into(), info: None };
+        assert!(!broker.leave("room", &a, true, false).await.expect("leave"), "no leave event asked for");
         assert_eq!(broker.presence("room").await.expect("list").len(), 2);
     }
 }

@@ -1,8 +1,11 @@
 //! The broker: where publications get their offsets, where history and presence live,
 //! and how publications reach every node with subscribers.
 //!
-//! The [`Broker`] trait is the only thing the sessions and the hub know about. The
-//! embedded [`memory::MemoryBroker`] serves a single node with no dependencies; a Redis
+//! The [`Broker`] trait is the only thing the rest of the node knows about: the
+//! subscription lifecycle (`crate::subscriptions`) joins and leaves through it, sessions
+//! and the HTTP API publish and read. A join and a leave are one call each, so that an
+//! implementation can make each one round trip to its store. The embedded
+//! [`memory::MemoryBroker`] serves a single node with no dependencies; a Redis
 //! implementation serves a cluster. Events flow back through an [`EventSink`] (the hub),
 //! called in per-channel order and never concurrently for one channel.
 
@@ -131,6 +134,43 @@ pub enum Since {
     After(StreamPosition),
 }
 
+/// Where a join reads the channel's stream from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinFrom {
+    /// Only the position (epoch and newest offset), no publications.
+    Now,
+    /// At most `limit` publications after this position, oldest first (recovery). The
+    /// page is returned as read: the caller decides whether it is complete.
+    After(StreamPosition),
+    /// The newest `limit` publications and this user's acknowledged position (offline
+    /// delivery on the personal channel).
+    Acked(String),
+}
+
+/// What [`Broker::join`] does besides registering interest.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Where to read the stream from.
+    pub from: JoinFrom,
+    /// At most this many publications (ignored for [`JoinFrom::Now`]).
+    pub limit: usize,
+    /// Records this connection in the channel's presence.
+    pub presence: Option<ClientInfo>,
+    /// Emits a join event for this connection.
+    pub join_event: Option<ClientInfo>,
+    /// The channel's retention.
+    pub stream: StreamOptions,
+}
+
+/// What [`Broker::join`] read.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The stream's position and the publications read (never truncated by bytes).
+    pub page: HistoryPage,
+    /// For [`JoinFrom::Acked`]: the user's acknowledged position, if any.
+    pub acked: Option<StreamPosition>,
+}
+
 /// Presence counts of one channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PresenceStats {
@@ -155,12 +195,32 @@ pub trait EventSink: Send + Sync + 'static {
 /// The broker interface shared by the memory and Redis implementations.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Makes this node receive `channel`'s events (called for every local subscription;
-    /// implementations count interest themselves).
-    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Starts one local subscription of `channel`, in this order: makes this node receive
+    /// the channel's events (implementations count interest themselves), reads the stream
+    /// as `request.from` says, records `request.presence`, and emits `request.join_event`.
+    /// One Redis round trip on the Redis broker (plus the node's `SUBSCRIBE`, shared by
+    /// the subscriptions of one batch). On error nothing is left behind: no interest, no
+    /// presence, no event.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the backing store cannot be reached.
+    async fn join(&self, channel: &str, request: JoinRequest) -> Result<Joined, BrokerError>;
 
-    /// Drops one unit of local interest in `channel`.
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Ends one local subscription of `channel`: drops one unit of interest, removes
+    /// `client` from presence when `presence`, and emits a leave event when `leave_event`
+    /// and the client was present (a presence entry that already expired had its leave
+    /// emitted by whoever expired it). The interest is dropped even when the rest fails.
+    /// Returns whether a leave event was emitted.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when presence or the leave event could not be written.
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &ClientInfo,
+        presence: bool,
+        leave_event: bool,
+    ) -> Result<bool, BrokerError>;
 
     /// Assigns the next offset (unless ephemeral), stores the publication under `stream`
     /// retention and delivers it to every node with subscribers. Returns the position.
@@ -170,9 +230,6 @@ pub trait Broker: Send + Sync + 'static {
         publication: NewPublication,
         stream: StreamOptions,
     ) -> Result<Option<StreamPosition>, BrokerError>;
-
-    /// Delivers a join or leave event (never stored).
-    async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError>;
 
     /// Reads retained history: at most `limit` publications (for [`Since::Latest`], the
     /// newest `limit`), oldest first, and only as many of them as fit in `max_bytes` as
@@ -187,13 +244,6 @@ pub trait Broker: Send + Sync + 'static {
         stream: StreamOptions,
     ) -> Result<HistoryPage, BrokerError>;
 
-    /// Records `client` as present in `channel`.
-    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError>;
-
-    /// Removes connection `client_id` from `channel`'s presence. Returns whether it was
-    /// present (an expired entry already had its leave event emitted).
-    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError>;
-
     /// Everyone present in `channel`.
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError>;
 
@@ -203,9 +253,6 @@ pub trait Broker: Send + Sync + 'static {
     /// Moves `user`'s acknowledged position in `channel` forward (never back within one
     /// epoch). Used for offline delivery on the personal channel.
     async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError>;
-
-    /// `user`'s acknowledged position in `channel`, if any.
-    async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError>;
 
     /// Sends `control` to every connection of `user` on every node. Returns whether any
     /// node holds a connection of the user.

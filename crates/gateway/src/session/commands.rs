@@ -11,47 +11,20 @@ use switchboard_protocol::{
     command::{
         AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
     },
-    reply::{
-        ConnectResult, Empty, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult,
-        SubscribeResult,
-    },
+    reply::{ConnectResult, Empty, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult},
     ClientInfo, Code, Command, CommandBody, StreamPosition,
 };
 
 use super::{Identity, Session};
 use crate::{
     auth::AuthError,
-    broker::{BrokerError, ChannelEvent, NewPublication, Publication, Since},
+    broker::{NewPublication, Since},
     channel::{personal_channel, Namespace},
     config::SubscribePolicy,
     error::CommandError,
     hub::{history_reply, publication_frame, Epoch},
+    subscriptions::{Joining, Member, Resume},
 };
-
-/// Where a new subscription starts.
-pub(super) enum Resume {
-    /// From now: no missed publications.
-    Live,
-    /// Exactly after this position, or `recovered: false` with nothing replayed.
-    Recover(StreamPosition),
-    /// Offline delivery: everything retained after the acknowledged position (all that is
-    /// retained when there is none), with `recovered` telling whether that is complete.
-    Pending(Option<StreamPosition>),
-}
-
-impl From<Option<StreamPosition>> for Resume {
-    fn from(position: Option<StreamPosition>) -> Resume {
-        position.map_or(Resume::Live, Resume::Recover)
-    }
-}
-
-/// A subscription whose history has been read but that is not live yet.
-pub(super) struct Prepared {
-    channel: String,
-    namespace: Arc<Namespace>,
-    result: SubscribeResult,
-    missed: Vec<Publication>,
-}
 
 impl Session {
     /// Handles one decoded command.
@@ -125,9 +98,9 @@ impl Session {
         }
         tracing::Span::current().record("user", user.as_str());
         self.identity = Some(Identity { user, expires_at: claims.exp, claims, refresh_sent: false });
-        let prepared = match personal {
-            Some(channel) => match self.prepare_personal(&channel, params.recover).await {
-                Ok(prepared) => Some(prepared),
+        let joining = match personal {
+            Some(channel) => match self.join_personal(&channel, params.recover).await {
+                Ok(joining) => Some(joining),
                 Err(error) => {
                     // Without its personal channel the connection would silently miss
                     // notifications: refuse it and let the client retry.
@@ -146,11 +119,11 @@ impl Session {
             version: env!("CARGO_PKG_VERSION").into(),
             ping_interval_ms: self.node.config.heartbeat.ping_interval_ms,
             expires_at: identity.expires_at,
-            subscriptions: prepared.iter().map(|p| p.result.clone()).collect(),
+            subscriptions: joining.iter().map(|j| j.result.clone()).collect(),
         };
         self.reply(id, result);
-        if let Some(prepared) = prepared {
-            self.go_live(prepared).await;
+        if let Some(joining) = joining {
+            self.go_live(joining).await;
         }
         Ok(())
     }
@@ -184,9 +157,9 @@ impl Session {
             ));
         }
         self.authorize(&params.channel, &namespace, params.token.as_deref())?;
-        let prepared = self.prepare(&params.channel, params.recover.into()).await?;
-        self.reply(id, prepared.result.clone());
-        self.go_live(prepared).await;
+        let joining = self.join(&params.channel, &namespace, params.recover.into()).await?;
+        self.reply(id, joining.result.clone());
+        self.go_live(joining).await;
         Ok(())
     }
 
@@ -231,102 +204,39 @@ impl Session {
 
     /// The personal channel at connect: the client's own position when it has one,
     /// otherwise offline delivery from the user's acknowledged position.
-    async fn prepare_personal(
+    async fn join_personal(
         &mut self,
         channel: &str,
         position: Option<StreamPosition>,
-    ) -> Result<Prepared, CommandError> {
-        let resume = match position {
-            Some(position) => Resume::Recover(position),
-            None => Resume::Pending(self.node.broker.acked(channel, &self.identity().user).await?),
-        };
-        self.prepare(channel, resume).await
-    }
-
-    /// Registers a buffering subscription and reads what the client missed.
-    async fn prepare(&mut self, channel: &str, resume: Resume) -> Result<Prepared, CommandError> {
+    ) -> Result<Joining, CommandError> {
         let namespace = self.node.rules.resolve(channel)?.clone();
-        if !self.node.hub.subscribe(channel, self.conn, self.outbox.clone(), self.encoding) {
-            return Err(CommandError::refused(Code::AlreadySubscribed, "already subscribed"));
-        }
-        match self.read_missed(channel, &namespace, resume).await {
-            Ok((result, missed)) => Ok(Prepared { channel: channel.to_string(), namespace, result, missed }),
-            Err(error) => {
-                self.node.hub.unsubscribe(channel, self.conn);
-                Err(error)
-            }
-        }
+        let resume = position.map_or(Resume::Pending, Resume::Recover);
+        self.join(channel, &namespace, resume).await
     }
 
-    async fn read_missed(
+    /// Starts a subscription through the node's lifecycle (buffering until [`go_live`]).
+    ///
+    /// [`go_live`]: Session::go_live
+    async fn join(
         &self,
         channel: &str,
-        namespace: &Namespace,
+        namespace: &Arc<Namespace>,
         resume: Resume,
-    ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
-        self.node.broker.subscribe(channel).await?;
-        let missed = self.read_positioned(channel, namespace, resume).await;
-        if missed.is_err() {
-            if let Err(error) = self.node.broker.unsubscribe(channel).await {
-                tracing::warn!(%error, %channel, "cannot drop broker interest");
-            }
-        }
-        missed
+    ) -> Result<Joining, CommandError> {
+        let client = self.client_info();
+        let member =
+            Member { conn: self.conn, outbox: &self.outbox, encoding: self.encoding, client: &client };
+        self.node.subscriptions.join(channel, namespace, &member, resume).await
     }
 
-    /// Reads the stream position (and the missed publications when recovering).
-    async fn read_positioned(
-        &self,
-        channel: &str,
-        namespace: &Namespace,
-        resume: Resume,
-    ) -> Result<(SubscribeResult, Vec<Publication>), CommandError> {
-        let broker = &self.node.broker;
-        let stream = namespace.stream;
-        let position = match resume {
-            Resume::Live => {
-                let page = broker.history(channel, Since::Latest, 0, usize::MAX, stream).await?;
-                let result = subscribe_result(channel, &page.epoch, page.top, None, None);
-                return Ok((result, Vec::new()));
-            }
-            Resume::Pending(acked) => {
-                let page =
-                    broker.history(channel, Since::Latest, stream.history_size, usize::MAX, stream).await?;
-                let after = acked.as_ref().filter(|p| *p.epoch == *page.epoch).map_or(0, |p| p.offset);
-                let pending: Vec<Publication> =
-                    page.publications.into_iter().filter(|p| p.offset.is_some_and(|o| o > after)).collect();
-                let first = pending.first().and_then(|p| p.offset).unwrap_or(page.top + 1);
-                let complete = acked.as_ref().is_none_or(|p| *p.epoch == *page.epoch) && first == after + 1;
-                let missed = Some(pending.len() as u64);
-                let result = subscribe_result(channel, &page.epoch, page.top, Some(complete), missed);
-                return Ok((result, pending));
-            }
-            Resume::Recover(position) => position,
-        };
-        let from = position.offset;
-        match broker.history(channel, Since::After(position), stream.history_size, usize::MAX, stream).await {
-            Ok(page) if page.publications.len() as u64 == page.top.saturating_sub(from) => {
-                let missed = page.publications.len() as u64;
-                let result = subscribe_result(channel, &page.epoch, page.top, Some(true), Some(missed));
-                Ok((result, page.publications))
-            }
-            Ok(_) | Err(BrokerError::PositionLost { .. }) => {
-                let page = broker.history(channel, Since::Latest, 0, usize::MAX, stream).await?;
-                Ok((subscribe_result(channel, &page.epoch, page.top, Some(false), None), Vec::new()))
-            }
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Queues the missed publications, switches the subscription live and announces the
-    /// connection in presence.
+    /// Queues the missed publications and switches the subscription live (presence and
+    /// the join event were recorded by the join).
     ///
     /// The reply just told the client the stream's epoch, so recovered publications leave
     /// it out (they are read from that stream); the hub goes on from the epoch told.
-    async fn go_live(&mut self, prepared: Prepared) {
-        let Prepared { channel, namespace, result, missed } = prepared;
-        let mut told = result.epoch.as_str();
-        for publication in &missed {
+    async fn go_live(&mut self, joining: Joining) {
+        let mut told = joining.result.epoch.as_str();
+        for publication in &joining.missed {
             let epoch = Epoch::against(publication.epoch.as_deref(), told);
             if let (Epoch::Carry, Some(carried)) = (epoch, publication.epoch.as_deref()) {
                 told = carried;
@@ -340,25 +250,16 @@ impl Session {
                 Err(error) => {
                     // Even the placeholder failed: the client would see a gap, so it must
                     // not go on as if recovered.
+                    let channel = &joining.channel;
                     tracing::error!(%error, %channel, "cannot encode a recovered publication");
                     self.close(Code::ServerError, "cannot encode a recovered publication", None, true);
                     break;
                 }
             }
         }
-        self.node.hub.go_live(&channel, self.conn, Some((told, result.offset)));
-        let client = self.client_info();
-        if namespace.config.presence {
-            if let Err(error) = self.node.broker.presence_add(&channel, client.clone()).await {
-                tracing::warn!(%error, %channel, "cannot record presence");
-            }
-        }
-        if namespace.config.join_leave {
-            if let Err(error) = self.node.broker.emit(&channel, ChannelEvent::Join(client)).await {
-                tracing::warn!(%error, %channel, "cannot emit join");
-            }
-        }
-        self.subscriptions.insert(channel, namespace);
+        let told = told.to_string();
+        self.node.subscriptions.go_live(&joining, self.conn, &told);
+        self.subscriptions.insert(joining.channel, joining.namespace);
     }
 
     async fn unsubscribe(&mut self, id: u64, params: ChannelParams) -> Result<(), CommandError> {
@@ -380,24 +281,8 @@ impl Session {
         let Some(namespace) = self.subscriptions.remove(channel) else {
             return;
         };
-        self.node.hub.unsubscribe(channel, self.conn);
-        let broker = &self.node.broker;
-        if let Err(error) = broker.unsubscribe(channel).await {
-            tracing::warn!(%error, %channel, "cannot drop broker interest");
-        }
-        // A presence entry that already expired had its leave emitted by whoever expired it.
-        let mut present = true;
-        if namespace.config.presence {
-            match broker.presence_remove(channel, &self.client_id).await {
-                Ok(removed) => present = removed,
-                Err(error) => tracing::warn!(%error, %channel, "cannot remove presence"),
-            }
-        }
-        if namespace.config.join_leave && present {
-            if let Err(error) = broker.emit(channel, ChannelEvent::Leave(self.client_info())).await {
-                tracing::warn!(%error, %channel, "cannot emit leave");
-            }
-        }
+        let client = self.client_info();
+        self.node.subscriptions.leave(channel, &namespace, self.conn, &client).await;
     }
 
     async fn publish(&mut self, id: u64, params: PublishParams) -> Result<(), CommandError> {
@@ -515,14 +400,4 @@ impl Session {
         self.reply(id, RefreshResult { expires_at });
         Ok(())
     }
-}
-
-fn subscribe_result(
-    channel: &str,
-    epoch: &str,
-    offset: u64,
-    recovered: Option<bool>,
-    missed: Option<u64>,
-) -> SubscribeResult {
-    SubscribeResult { channel: channel.to_string(), epoch: epoch.to_string(), offset, recovered, missed }
 }

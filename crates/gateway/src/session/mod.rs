@@ -4,8 +4,8 @@
 //! command at a time, so replies come back in command order. It also runs the
 //! connection's timers: the authentication deadline, heartbeat pings and their timeout,
 //! and token expiry (a `refresh` push before `exp`, a disconnect after the grace period).
-//! On exit it removes every trace of the connection from the hub, the broker's presence
-//! and the node's counters.
+//! On exit it leaves every channel through the node's subscription lifecycle (hub,
+//! broker interest, presence) and removes the connection from the node's counters.
 
 mod commands;
 mod writer;

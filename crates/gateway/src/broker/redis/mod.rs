@@ -29,8 +29,8 @@ use switchboard_protocol::{ClientInfo, StreamPosition};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{
-    Broker, BrokerError, ChannelEvent, Control, EventSink, HistoryPage, NewPublication, PresenceStats,
-    Publication, Since,
+    Broker, BrokerError, Control, EventSink, HistoryPage, JoinFrom, JoinRequest, Joined, NewPublication,
+    PresenceStats, Publication, Since,
 };
 use crate::{
     channel::{ChannelRules, StreamOptions},
@@ -218,6 +218,9 @@ fn spawn_function_loader(shared: Arc<RedisShared>) {
     });
 }
 
+/// The functions take whole numbers of at most 15 digits.
+const UNBOUNDED: usize = 999_999_999_999_999;
+
 fn presence_keys(channel: &str) -> Vec<String> {
     vec![keys::presence(channel), keys::presence_expiry(channel), keys::presence_users(channel)]
 }
@@ -299,8 +302,6 @@ impl RedisShared {
         max_bytes: usize,
         stream: StreamOptions,
     ) -> Result<HistoryPage, BrokerError> {
-        /// `sb_history` takes whole numbers of at most 15 digits.
-        const UNBOUNDED: usize = 999_999_999_999_999;
         let args = vec![
             if after.is_some() { "after" } else { "latest" }.to_string(),
             after.unwrap_or(0).to_string(),
@@ -318,6 +319,17 @@ impl RedisShared {
         let epoch: Arc<str> = Arc::from(items.next().and_then(|v| v.as_string()).unwrap_or_default());
         let top = items.next().as_ref().and_then(integer).unwrap_or(0);
         let truncated = items.next().as_ref().and_then(integer) == Some(1);
+        let publications = self.entries(channel, &epoch, items);
+        Ok(HistoryPage { epoch, top, publications, truncated })
+    }
+
+    /// Decodes the `offset, ts, body` triples that end an `sb_history` or `sb_join` reply.
+    fn entries(
+        &self,
+        channel: &str,
+        epoch: &Arc<str>,
+        mut items: impl Iterator<Item = Value>,
+    ) -> Vec<Publication> {
         let name: Arc<str> = Arc::from(channel);
         let mut publications = Vec::new();
         while let (Some(offset), Some(ts), Some(body)) = (items.next(), items.next(), items.next()) {
@@ -333,13 +345,66 @@ impl RedisShared {
                 }
             }
         }
-        Ok(HistoryPage { epoch, top, publications, truncated })
+        publications
     }
 
-    /// The channel's current epoch and newest offset.
-    async fn position(&self, channel: &str) -> Result<(Arc<str>, u64), BrokerError> {
-        let page = self.read(channel, None, 0, usize::MAX, self.stream_options(channel)).await?;
-        Ok((page.epoch, page.top))
+    /// One `sb_join` call: see [`Broker::join`] and docs/redis.md.
+    async fn join(&self, channel: &str, request: &JoinRequest) -> Result<Joined, BrokerError> {
+        let stream = request.stream;
+        let (mode, after, user) = match &request.from {
+            JoinFrom::Now => ("latest", 0, ""),
+            JoinFrom::After(position) => ("after", position.offset, ""),
+            JoinFrom::Acked(user) => ("acked", 0, user.as_str()),
+        };
+        let limit = if request.from == JoinFrom::Now { 0 } else { request.limit };
+        let (presence_ttl, client, info) = match &request.presence {
+            Some(client) => {
+                let info =
+                    serde_json::to_string(client).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                (self.config.presence_ttl_secs.max(1) * 1000, client.client.as_str(), info)
+            }
+            None => (0, "", String::new()),
+        };
+        let user = request.presence.as_ref().map_or(user, |c| c.user.as_str());
+        let envelope = match &request.join_event {
+            Some(client) => {
+                wire::presence_event(true, client).map_err(|e| BrokerError::Unavailable(e.to_string()))?
+            }
+            None => String::new(),
+        };
+        let keys = vec![
+            keys::stream(channel),
+            keys::meta(channel),
+            keys::presence(channel),
+            keys::presence_expiry(channel),
+            keys::presence_users(channel),
+            keys::acks(channel),
+        ];
+        let args = vec![
+            mode.to_string(),
+            after.to_string(),
+            limit.min(UNBOUNDED).to_string(),
+            (stream.history_ttl.as_millis() as u64).max(1).to_string(),
+            self.meta_ttl_ms(stream).to_string(),
+            (self.config.unpublished_stream_ttl_secs.max(1) * 1000).to_string(),
+            presence_ttl.to_string(),
+            client.to_string(),
+            user.to_string(),
+            info,
+            keys::live(channel),
+            envelope,
+        ];
+        let Value::Array(items) = self.fcall("sb_join", keys, args).await? else {
+            return Err(BrokerError::Unavailable("unexpected sb_join reply".into()));
+        };
+        let mut items = items.into_iter();
+        let epoch: Arc<str> = Arc::from(items.next().and_then(|v| v.as_string()).unwrap_or_default());
+        let top = items.next().as_ref().and_then(integer).unwrap_or(0);
+        let acked_offset = items.next().as_ref().and_then(integer);
+        let acked_epoch = items.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty());
+        let acked = acked_offset.zip(acked_epoch).map(|(offset, epoch)| StreamPosition { offset, epoch });
+        let publications = self.entries(channel, &epoch, items);
+        Ok(Joined { page: HistoryPage { epoch, top, publications, truncated: false }, acked })
     }
 
     /// Publications after `from`, as far as the stream holds them.
@@ -400,14 +465,58 @@ impl RedisShared {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    async fn join(&self, channel: &str, request: JoinRequest) -> Result<Joined, BrokerError> {
         self.shared.connected()?;
-        self.subscriber.subscribe(channel).await
+        // SUBSCRIBE before reading the position: a publication after the read then
+        // arrives live (see the subscriber's module docs).
+        self.subscriber.subscribe(channel).await?;
+        match self.shared.join(channel, &request).await {
+            Ok(joined) => {
+                self.subscriber.baseline(channel, joined.page.epoch.clone(), joined.page.top).await;
+                if let Some(client) = request.presence {
+                    self.local_presence
+                        .entry(channel.to_string())
+                        .or_default()
+                        .insert(client.client.clone(), client);
+                }
+                Ok(joined)
+            }
+            Err(error) => {
+                self.subscriber.unsubscribe(channel).await;
+                Err(error)
+            }
+        }
     }
 
-    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &ClientInfo,
+        presence: bool,
+        leave_event: bool,
+    ) -> Result<bool, BrokerError> {
         self.subscriber.unsubscribe(channel).await;
-        Ok(())
+        if presence {
+            if let dashmap::Entry::Occupied(mut entry) = self.local_presence.entry(channel.to_string()) {
+                entry.get_mut().remove(&client.client);
+                if entry.get().is_empty() {
+                    entry.remove();
+                }
+            }
+        }
+        if !presence && !leave_event {
+            return Ok(false);
+        }
+        self.shared.connected()?;
+        let envelope = if leave_event {
+            wire::presence_event(false, client).map_err(|e| BrokerError::Unavailable(e.to_string()))?
+        } else {
+            String::new()
+        };
+        let tracked = if presence { "1" } else { "0" };
+        let args = vec![client.client.clone(), tracked.to_string(), keys::live(channel), envelope];
+        let present = self.shared.fcall("sb_leave", presence_keys(channel), args).await?;
+        Ok(leave_event && integer(&present) == Some(1))
     }
 
     async fn publish(
@@ -450,17 +559,6 @@ impl Broker for RedisBroker {
         }
     }
 
-    async fn emit(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
-        self.shared.connected()?;
-        let message = match &event {
-            ChannelEvent::Join(client) => wire::presence_event(true, client),
-            ChannelEvent::Leave(client) => wire::presence_event(false, client),
-            ChannelEvent::Publication(_) | ChannelEvent::Control(_) => return Ok(()),
-        }
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        self.shared.publish_live(channel, message).await
-    }
-
     async fn history(
         &self,
         channel: &str,
@@ -483,31 +581,6 @@ impl Broker for RedisBroker {
             }
         }
         Ok(page)
-    }
-
-    async fn presence_add(&self, channel: &str, client: ClientInfo) -> Result<(), BrokerError> {
-        self.shared.connected()?;
-        let ttl_ms = self.shared.config.presence_ttl_secs.max(1) * 1000;
-        let info = serde_json::to_string(&client).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let args = vec![client.client.clone(), client.user.clone(), info, ttl_ms.to_string()];
-        self.shared.fcall("sb_presence_add", presence_keys(channel), args).await?;
-        self.local_presence.entry(channel.to_string()).or_default().insert(client.client.clone(), client);
-        Ok(())
-    }
-
-    async fn presence_remove(&self, channel: &str, client_id: &str) -> Result<bool, BrokerError> {
-        self.shared.connected()?;
-        if let dashmap::Entry::Occupied(mut entry) = self.local_presence.entry(channel.to_string()) {
-            entry.get_mut().remove(client_id);
-            if entry.get().is_empty() {
-                entry.remove();
-            }
-        }
-        let removed = self
-            .shared
-            .fcall("sb_presence_remove", presence_keys(channel), vec![client_id.to_string()])
-            .await?;
-        Ok(integer(&removed) == Some(1))
     }
 
     async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
@@ -538,16 +611,6 @@ impl Broker for RedisBroker {
         let args = vec![user.to_string(), position.offset.to_string(), position.epoch, ttl_ms.to_string()];
         self.shared.fcall("sb_ack", vec![keys::acks(channel)], args).await?;
         Ok(())
-    }
-
-    async fn acked(&self, channel: &str, user: &str) -> Result<Option<StreamPosition>, BrokerError> {
-        self.shared.connected()?;
-        self.shared.connected()?;
-        let value: Option<String> = self.shared.client.hget(keys::acks(channel), user).await?;
-        Ok(value.and_then(|v| {
-            let (offset, epoch) = v.split_once(':')?;
-            Some(StreamPosition { offset: offset.parse().ok()?, epoch: epoch.to_string() })
-        }))
     }
 
     async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {

@@ -6,14 +6,26 @@
 //!   crossed zero, and answers each waiting subscriber once Redis confirmed. A node thus
 //!   holds exactly one Redis subscription per channel with local subscribers, and no
 //!   pattern subscription.
-//! * **Reader.** One task reads every pub/sub message in arrival order (per-channel order
-//!   without a task per message). It keeps the last offset seen per channel: a jump is
-//!   filled from the stream before delivering, a repeat is dropped.
+//! * **Reader** (`reader`). One task reads every pub/sub message in arrival order, drops
+//!   repeats and has gaps filled from the stream by other tasks, holding the channel's
+//!   live messages meanwhile, so one slow read never stalls the other channels.
+//! * **Baseline, and why SUBSCRIBE comes first.** A join (`sb_join`, one round trip) reads
+//!   the channel's position only after this node's `SUBSCRIBE` of the channel was
+//!   confirmed. Every publication after that read is then certain to arrive live; had the
+//!   read come first, a publication between the read and the `SUBSCRIBE` would be in
+//!   neither the subscriber's read nor live traffic, and the reader, knowing no position
+//!   before the next live publication, would not see it as a gap. The position a join
+//!   read comes back here as the channel's *baseline* (through this task, so that it is
+//!   ordered with the `Forget` of an unsubscribe): where a catch-up starts if the
+//!   connection breaks before any publication arrived. The node used to read it itself, in
+//!   one more `sb_history` per fresh channel; now the join's own read serves.
 //! * **Resync.** After the pub/sub connection comes back (or the reader lagged), the
 //!   interest task resubscribes everything and the reader catches every channel up from
 //!   its last offset through the stream.
 //! * **Probe.** The node publishes to its own probe channel; if the probe stops coming
 //!   back, the connection is silently dead: the node reports not ready and reconnects.
+
+mod reader;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,22 +39,18 @@ use std::{
 use fred::{clients::SubscriberClient, prelude::*};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{wire, RedisShared};
-use crate::broker::{BrokerError, ChannelEvent, Publication};
+use reader::{Reader, ReaderCommand};
+
+use super::RedisShared;
+use crate::broker::BrokerError;
 use switchboard_protocol::redis as keys;
 
 enum Op {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
+    /// A join's read of the channel's position (see the module docs).
+    Baseline(String, Arc<str>, u64),
     Resync,
-}
-
-enum ReaderCommand {
-    CatchUp(Vec<String>),
-    Forget(Vec<String>),
-    /// The stream position right after the node subscribed a channel: where catching up
-    /// starts if the connection breaks before any publication arrived.
-    Baseline(Vec<(String, Arc<str>, u64)>),
 }
 
 /// Handle to the pub/sub side.
@@ -62,16 +70,8 @@ impl Subscriber {
         let probe_seen_ms = Arc::new(AtomicU64::new(0));
         let probe_channel = keys::probe(&shared.node_id);
         tokio::spawn(interest_loop(client.clone(), ops_rx, reader_tx, shared.clone(), probe_channel.clone()));
-        tokio::spawn(
-            Reader {
-                shared: shared.clone(),
-                positions: HashMap::new(),
-                probe_channel: probe_channel.clone(),
-                probe_seen_ms: probe_seen_ms.clone(),
-                started,
-            }
-            .run(client.message_rx(), reader_rx),
-        );
+        let reader = Reader::new(shared.clone(), probe_channel.clone(), probe_seen_ms.clone(), started);
+        tokio::spawn(reader.run(client.message_rx(), reader_rx));
         let mut reconnects = client.reconnect_rx();
         let resync = ops.clone();
         tokio::spawn(async move {
@@ -110,6 +110,12 @@ impl Subscriber {
     pub(super) async fn unsubscribe(&self, channel: &str) {
         // Only fails when the node is stopping, when interest no longer matters.
         let _ = self.ops.send(Op::Unsubscribe(channel.to_string())).await;
+    }
+
+    /// Hands the position a join read to the reader, as `channel`'s baseline.
+    pub(super) async fn baseline(&self, channel: &str, epoch: Arc<str>, top: u64) {
+        // Only fails when the node is stopping.
+        let _ = self.ops.send(Op::Baseline(channel.to_string(), epoch, top)).await;
     }
 
     /// Whether the pub/sub connection is known to work: connected and the probe came
@@ -188,6 +194,7 @@ async fn interest_loop(
         }
         let mut touched: HashSet<String> = HashSet::new();
         let mut waiters = Vec::new();
+        let mut baselines = Vec::new();
         let mut resync = false;
         for op in batch.drain(..) {
             match op {
@@ -205,6 +212,7 @@ async fn interest_loop(
                     }
                     touched.insert(channel);
                 }
+                Op::Baseline(channel, epoch, top) => baselines.push((channel, epoch, top)),
                 Op::Resync => resync = true,
             }
         }
@@ -217,41 +225,21 @@ async fn interest_loop(
             touched.iter().filter(|c| !counts.contains_key(*c) && subscribed.contains(*c)).cloned().collect();
 
         let mut failure = None;
-        let mut fresh = Vec::new();
         for chunk in to_subscribe.chunks(512) {
             let names: Vec<String> = chunk.iter().map(|c| live_name(c, &probe_channel)).collect();
             match client.subscribe(names).await {
-                Ok(()) => {
-                    fresh.extend(
-                        chunk.iter().filter(|c| **c != probe_channel && !subscribed.contains(*c)).cloned(),
-                    );
-                    subscribed.extend(chunk.iter().cloned());
-                }
+                Ok(()) => subscribed.extend(chunk.iter().cloned()),
                 Err(error) => {
                     failure = Some(error.to_string());
                     break;
                 }
             }
         }
-        if !fresh.is_empty() {
-            // Read before answering the waiters: every local subscriber then reads its own
-            // history later, so nothing at or before the baseline is missing for it.
-            let reads = fresh.iter().map(|channel| shared.position(channel));
-            let baselines: Vec<(String, Arc<str>, u64)> = futures_util::future::join_all(reads)
-                .await
-                .into_iter()
-                .zip(fresh)
-                .filter_map(|(position, channel)| match position {
-                    Ok((epoch, top)) => Some((channel, epoch, top)),
-                    Err(error) => {
-                        tracing::warn!(%error, %channel, "cannot read the baseline position");
-                        None
-                    }
-                })
-                .collect();
-            if reader.send(ReaderCommand::Baseline(baselines)).await.is_err() {
-                return;
-            }
+        // Only for channels still subscribed: a baseline after the channel's last
+        // unsubscribe would outlive the `Forget` below.
+        baselines.retain(|(channel, _, _)| counts.contains_key(channel));
+        if !baselines.is_empty() && reader.send(ReaderCommand::Baseline(baselines)).await.is_err() {
+            return;
         }
         if resync {
             retry_resync = failure.is_some();
@@ -296,152 +284,5 @@ fn live_name(channel: &str, probe_channel: &str) -> String {
         channel.to_string()
     } else {
         keys::live(channel)
-    }
-}
-
-struct Reader {
-    shared: Arc<RedisShared>,
-    positions: HashMap<Arc<str>, (Arc<str>, u64)>,
-    probe_channel: String,
-    probe_seen_ms: Arc<AtomicU64>,
-    started: Instant,
-}
-
-impl Reader {
-    async fn run(
-        mut self,
-        mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
-        mut commands: mpsc::Receiver<ReaderCommand>,
-    ) {
-        loop {
-            tokio::select! {
-                message = messages.recv() => match message {
-                    Ok(message) => self.on_message(&message).await,
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "pub/sub reader lagged: catching every channel up");
-                        let channels: Vec<String> = self.positions.keys().map(|c| c.to_string()).collect();
-                        self.catch_up(channels).await;
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-                command = commands.recv() => match command {
-                    Some(ReaderCommand::CatchUp(channels)) => self.catch_up(channels).await,
-                    Some(ReaderCommand::Baseline(baselines)) => {
-                        for (channel, epoch, top) in baselines {
-                            self.positions.entry(Arc::from(channel)).or_insert((epoch, top));
-                        }
-                    }
-                    Some(ReaderCommand::Forget(channels)) => {
-                        for channel in channels {
-                            self.positions.remove(channel.as_str());
-                        }
-                    }
-                    None => return,
-                },
-            }
-        }
-    }
-
-    async fn on_message(&mut self, message: &fred::types::Message) {
-        if *message.channel == *self.probe_channel {
-            self.probe_seen_ms.store(self.started.elapsed().as_millis().max(1) as u64, Ordering::Release);
-            return;
-        }
-        let Some(channel) = keys::channel_of_live(&message.channel) else { return };
-        let channel: Arc<str> = Arc::from(channel);
-        let Some(payload) = message.value.as_bytes() else {
-            self.shared.metrics.broker_invalid_messages.inc();
-            return;
-        };
-        match wire::decode_live(&channel, payload) {
-            Ok(ChannelEvent::Publication(publication)) => self.on_publication(channel, publication).await,
-            Ok(event) => self.shared.sink.deliver(&channel, event),
-            Err(error) => {
-                self.shared.metrics.broker_invalid_messages.inc();
-                tracing::warn!(%error, %channel, "dropping an undecodable live message");
-            }
-        }
-    }
-
-    /// Delivers a publication in offset order: fills a gap from the stream first and
-    /// drops a publication already delivered.
-    async fn on_publication(&mut self, channel: Arc<str>, publication: Publication) {
-        let (Some(offset), Some(epoch)) = (publication.offset, publication.epoch.clone()) else {
-            // Ephemeral: no position to keep.
-            self.shared.sink.deliver(&channel, ChannelEvent::Publication(publication));
-            return;
-        };
-        if let Some((last_epoch, last)) = self.positions.get(&channel) {
-            if *last_epoch == epoch {
-                if offset <= *last {
-                    self.shared.metrics.broker_duplicates.inc();
-                    return;
-                }
-                if offset > last + 1 {
-                    self.shared.metrics.broker_gap_fills.inc();
-                    let from = *last;
-                    self.fill(&channel, &epoch, from, Some(offset - 1)).await;
-                }
-            }
-        }
-        self.positions.insert(channel.clone(), (epoch, offset));
-        self.shared.sink.deliver(&channel, ChannelEvent::Publication(publication));
-    }
-
-    /// Delivers stored publications of `channel` after `from` (up to `until`) that the
-    /// reader has not delivered yet.
-    async fn fill(&mut self, channel: &Arc<str>, epoch: &Arc<str>, from: u64, until: Option<u64>) {
-        match self.shared.read_after(channel, from).await {
-            Ok((stream_epoch, publications)) => {
-                if *stream_epoch != **epoch {
-                    return;
-                }
-                for publication in publications {
-                    let Some(offset) = publication.offset else { continue };
-                    if until.is_some_and(|until| offset > until) {
-                        break;
-                    }
-                    self.positions.insert(channel.clone(), (epoch.clone(), offset));
-                    self.shared.sink.deliver(channel, ChannelEvent::Publication(publication));
-                }
-            }
-            Err(error) => tracing::warn!(%error, %channel, "cannot fill a gap from the stream"),
-        }
-    }
-
-    async fn catch_up(&mut self, channels: Vec<String>) {
-        for channel in channels {
-            let channel: Arc<str> = Arc::from(channel);
-            let Some((epoch, last)) = self.positions.get(&channel).cloned() else { continue };
-            match self.shared.read_after(&channel, last).await {
-                Ok((stream_epoch, publications)) if stream_epoch == epoch => {
-                    for publication in publications {
-                        if let Some(offset) = publication.offset {
-                            self.positions.insert(channel.clone(), (epoch.clone(), offset));
-                        }
-                        self.shared.sink.deliver(&channel, ChannelEvent::Publication(publication));
-                    }
-                }
-                Ok((stream_epoch, _)) => {
-                    // The stream was lost and restarted: what it holds now is all new.
-                    tracing::warn!(%channel, old = %epoch, new = %stream_epoch, "stream epoch changed");
-                    self.positions.insert(channel.clone(), (stream_epoch, 0));
-                    let publications = match self.shared.read_after(&channel, 0).await {
-                        Ok((_, publications)) => publications,
-                        Err(error) => {
-                            tracing::warn!(%error, %channel, "cannot read the new stream");
-                            continue;
-                        }
-                    };
-                    for publication in publications {
-                        if let (Some(offset), Some(epoch)) = (publication.offset, publication.epoch.clone()) {
-                            self.positions.insert(channel.clone(), (epoch, offset));
-                        }
-                        self.shared.sink.deliver(&channel, ChannelEvent::Publication(publication));
-                    }
-                }
-                Err(error) => tracing::warn!(%error, %channel, "cannot catch up from the stream"),
-            }
-        }
     }
 }
