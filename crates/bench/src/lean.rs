@@ -218,3 +218,24 @@ pub type Halves = (SplitSink<Socket, Message>, SplitStream<Socket>);
 pub fn sources(count: u8) -> Vec<IpAddr> {
     (1..=count.max(1)).map(|n| IpAddr::from([127, 0, 0, n])).collect()
 }
+
+/// A minimal HTTP/1.1 POST of a JSON body; returns the JSON response body. Bounded by
+/// [`EXCHANGE_TIMEOUT`] like every other exchange of the load generator.
+pub async fn post(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
+    tokio::time::timeout(EXCHANGE_TIMEOUT, post_without_deadline(address, path, key, body))
+        .await
+        .map_err(|_| anyhow::anyhow!("no HTTP response from {address} in {:?}", EXCHANGE_TIMEOUT))?
+}
+
+async fn post_without_deadline(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok(serde_json::from_str(body)?)
+}

@@ -252,6 +252,11 @@ pub struct LimitsConfig {
     /// outbound queue, and how long a full socket may go without draining one byte, before
     /// the connection is closed with 3001 `slow_consumer`, in milliseconds. Default 10000.
     pub outbound_wait_ms: u64,
+    /// Publication frames this node may have queued for its sockets and not yet written
+    /// before publishes through it (WebSocket and HTTP API) wait for the backlog to drain,
+    /// at most `outbound_wait_ms`: a node publishing faster than it can write slows its
+    /// publishers down instead of closing its subscribers as slow consumers. Default 262144.
+    pub fanout_backlog_frames: usize,
     /// Allowed `Origin` header values for browser connections; `*` allows any. Requests
     /// without an `Origin` header (non-browser clients) are always allowed. A refused
     /// origin gets HTTP 403. Default `["*"]`.
@@ -289,6 +294,7 @@ impl Default for LimitsConfig {
             command_burst: 200,
             outbound_queue_bytes: 1 << 20,
             outbound_queue_frames: 4096,
+            fanout_backlog_frames: 262_144,
             outbound_wait_ms: 10_000,
             allowed_origins: vec!["*".into()],
             max_channel_length: 255,

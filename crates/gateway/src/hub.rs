@@ -37,7 +37,7 @@ use switchboard_protocol::{
 use crate::{
     broker::{ChannelEvent, Control, EventSink, HistoryPage, Publication},
     metrics::Metrics,
-    outbox::{CloseRequest, Outbox, SessionCommand},
+    outbox::{backlog::Backlog, CloseRequest, Outbox, SessionCommand},
     transport::frame::{OpCode, WireFrame},
 };
 
@@ -285,7 +285,9 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn push(&mut self, delivery: &Delivery) {
+    /// Queues `delivery` unless this subscriber already has it; returns whether a frame
+    /// was queued.
+    fn push(&mut self, delivery: &Delivery) -> bool {
         let epoch = match delivery.stream_position() {
             None => Epoch::Carry,
             Some((epoch, offset)) => match &mut self.last {
@@ -293,7 +295,7 @@ impl Subscriber {
                 // the client already knows the epoch.
                 Some((told, last)) if Arc::ptr_eq(told, epoch) || **told == **epoch => {
                     if offset <= *last {
-                        return;
+                        return false;
                     }
                     *last = offset;
                     Epoch::Omit
@@ -306,12 +308,14 @@ impl Subscriber {
             },
         };
         if let Some(frame) = delivery.frame(self.encoding, epoch) {
-            self.outbox.push(frame.clone(), Some(delivery.received_at));
-        } else if delivery.stream_position().is_some() && epoch == Epoch::Carry {
+            return self.outbox.push(frame.clone(), Some(delivery.received_at));
+        }
+        if delivery.stream_position().is_some() && epoch == Epoch::Carry {
             // Not even a placeholder could be encoded, so the client was not told the new
             // epoch: the next publication must carry it.
             self.last = None;
         }
+        false
     }
 }
 
@@ -320,13 +324,14 @@ pub struct Hub {
     channels: DashMap<Arc<str>, HashMap<ConnId, Subscriber>>,
     metrics: Arc<Metrics>,
     max_buffered: usize,
+    backlog: Arc<Backlog>,
 }
 
 impl Hub {
     /// An empty hub. A subscription that buffers more than `max_buffered` events while
     /// recovering is closed as a slow consumer.
-    pub fn new(metrics: Arc<Metrics>, max_buffered: usize) -> Hub {
-        Hub { channels: DashMap::new(), metrics, max_buffered }
+    pub fn new(metrics: Arc<Metrics>, max_buffered: usize, backlog: Arc<Backlog>) -> Hub {
+        Hub { channels: DashMap::new(), metrics, max_buffered, backlog }
     }
 
     /// Adds a buffering subscription. Returns `false` if `conn` is already subscribed.
@@ -359,9 +364,9 @@ impl Hub {
             return;
         };
         subscriber.last = delivered.map(|(epoch, offset)| (Arc::from(epoch), offset));
-        for delivery in buffered {
-            subscriber.push(&delivery);
-        }
+        self.backlog.add(buffered.len());
+        let queued = buffered.iter().filter(|delivery| subscriber.push(delivery)).count();
+        self.backlog.remove(buffered.len() - queued);
     }
 
     /// Removes a subscription. Returns `true` when it existed.
@@ -431,13 +436,17 @@ impl EventSink for Hub {
         let Some(mut subscribers) = self.channels.get_mut(channel) else { return };
         let delivery = Arc::new(Delivery::new(subscribers.key().clone(), event));
         let max_buffered = self.max_buffered;
+        // Counted before queuing (see `outbox::backlog`), what was not queued given back.
+        self.backlog.add(subscribers.len());
+        let mut queued = 0;
         for subscriber in subscribers.values_mut() {
             match &mut subscriber.state {
-                State::Live => subscriber.push(&delivery),
+                State::Live => queued += usize::from(subscriber.push(&delivery)),
                 State::Buffering(buffer) if buffer.len() < max_buffered => buffer.push(delivery.clone()),
                 State::Buffering(_) => subscriber.outbox.close_as_slow_consumer(),
             }
         }
+        self.backlog.remove(subscribers.len() - queued);
         self.metrics.deliveries.inc_by(subscribers.len() as u64);
     }
 }
@@ -500,7 +509,7 @@ mod tests {
     /// can reach the hub after the subscription went live: it must not be sent twice.
     #[test]
     fn late_live_copies_of_recovered_publications_are_dropped() {
-        let hub = Hub::new(Arc::new(Metrics::new()), 16);
+        let hub = Hub::new(Arc::new(Metrics::new()), 16, Arc::new(Backlog::new(1 << 20)));
         let (outbox, mut rx) = outbox(16, 1 << 20, Arc::new(ConnControl::default()));
         let epoch: Arc<str> = Arc::from("e1");
         assert!(hub.subscribe("c", 1, outbox, Encoding::Json));
@@ -546,7 +555,7 @@ mod tests {
     /// the first publication of a new epoch carries it, and the ones after it do not.
     #[test]
     fn publications_carry_the_epoch_only_when_it_changes() {
-        let hub = Hub::new(Arc::new(Metrics::new()), 16);
+        let hub = Hub::new(Arc::new(Metrics::new()), 16, Arc::new(Backlog::new(1 << 20)));
         let mut rx = subscribed(&hub, 1, Encoding::Json, ("e1", 0));
         let (e1, e2): (Arc<str>, Arc<str>) = (Arc::from("e1"), Arc::from("e2"));
         hub.deliver("c", publication(&e1, 1));
@@ -565,7 +574,7 @@ mod tests {
     /// it needs, in its encoding, and every variant is encoded once and shared.
     #[test]
     fn subscribers_who_know_different_epochs_each_get_their_variant() {
-        let hub = Hub::new(Arc::new(Metrics::new()), 16);
+        let hub = Hub::new(Arc::new(Metrics::new()), 16, Arc::new(Backlog::new(1 << 20)));
         let mut knows = subscribed(&hub, 1, Encoding::Json, ("e2", 0));
         let mut also_knows = subscribed(&hub, 2, Encoding::Json, ("e2", 0));
         let mut stale = subscribed(&hub, 3, Encoding::Json, ("e1", 9));

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub publish_to_write: Histogram,
     /// Connections closed because their queue overflowed.
     pub slow_consumers: IntCounter,
+    /// Publishes that waited for the node's fan-out backlog to drain.
+    pub publish_backpressure: IntCounter,
     /// Failed token verifications by reason.
     pub auth_failures: IntCounterVec,
     /// Commands answered with an error, by code.
@@ -129,6 +131,10 @@ impl Metrics {
             slow_consumers: counter(
                 "slow_consumer_disconnects_total",
                 "Connections closed as slow consumers",
+            ),
+            publish_backpressure: counter(
+                "publish_backpressure_total",
+                "Publishes that waited for the fan-out backlog to drain",
             ),
             auth_failures: counter_vec("auth_failures_total", "Failed token verifications", "reason"),
             command_errors: counter_vec("command_errors_total", "Commands answered with an error", "code"),

@@ -23,7 +23,7 @@ use crate::{
     error::CommandError,
     hub::{ConnId, Hub},
     metrics::Metrics,
-    outbox::shard::Flushers,
+    outbox::{backlog::Backlog, shard::Flushers},
     subscriptions::Subscriptions,
 };
 
@@ -65,6 +65,8 @@ pub struct Node {
     pub sessions: TaskTracker,
     /// The tasks that write queued frames to sockets, one per runtime worker.
     pub flushers: Flushers,
+    /// Publication frames queued on this node and not yet written.
+    pub backlog: Arc<Backlog>,
     draining: AtomicBool,
     connections: AtomicUsize,
     user_connections: DashMap<String, usize>,
@@ -79,7 +81,8 @@ impl Node {
     pub fn new(config: Config) -> Result<Arc<Node>, NodeError> {
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone(), config.limits.outbound_queue_frames));
+        let backlog = Arc::new(Backlog::new(config.limits.fanout_backlog_frames));
+        let hub = Arc::new(Hub::new(metrics.clone(), config.limits.outbound_queue_frames, backlog.clone()));
         let rules = Arc::new(ChannelRules::new(&config.namespaces, config.limits.max_channel_length));
         let id = config.node.name.clone().unwrap_or_else(random_node_id);
         let url = config.broker.url.as_str();
@@ -112,6 +115,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             flushers: Flushers::start(tokio::runtime::Handle::current().metrics().num_workers()),
+            backlog,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             user_connections: DashMap::new(),
@@ -141,6 +145,12 @@ impl Node {
         // crate's `payload` module).
         payload::check_depth(publication.data.get(), self.config.limits.max_nesting_depth)
             .map_err(|e| CommandError::refused(Code::BadRequest, e.to_string()))?;
+        // A node that cannot write its fan-out as fast as it is published slows its
+        // publishers down instead of dropping its subscribers (see `outbox::backlog`).
+        let patience = Duration::from_millis(self.config.limits.outbound_wait_ms);
+        if self.backlog.room(patience).await {
+            self.metrics.publish_backpressure.inc();
+        }
         let position = self.broker.publish(channel, publication, namespace.stream).await?;
         self.metrics.publications.inc();
         Ok(position)

@@ -67,6 +67,8 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
             channel: format!("bench:smoke-{}", encoding.name()),
             connect_concurrency: 8,
             window: 64,
+            api: None,
+            api_key: String::new(),
         })
         .await
         .unwrap();
@@ -176,6 +178,8 @@ async fn fanout_and_failover_run_on_a_redis_cluster() {
         channel: "bench:cluster".into(),
         connect_concurrency: 8,
         window: 1,
+        api: None,
+        api_key: String::new(),
     })
     .await
     .unwrap();

@@ -47,6 +47,14 @@ pub struct Fanout {
     /// the next publication only once the previous one was answered.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Publish through this node's HTTP API (`host:port`) instead of a WebSocket: each
+    /// publisher sends one `POST /api/v1/publish` at a time (a new connection each, like a
+    /// backend without keep-alive), and the result reports the replies' latency.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// The API key for `--api` (crates/bench/bench.toml uses `bench-key`).
+    #[arg(long, default_value = "bench-key")]
+    pub api_key: String,
 }
 
 /// Runs the scenario and returns its JSON result.
@@ -90,15 +98,24 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         .map(|p| {
             let settings = settings.clone();
             let token = tokens.mint(&format!("p{p}"));
-            tokio::spawn(async move { publish(settings, p, token?).await })
+            tokio::spawn(async move {
+                match &settings.api {
+                    Some(api) => publish_http(&settings, api).await,
+                    None => publish(settings, p, token?).await.map(|(count, top)| (count, top, Vec::new())),
+                }
+            })
         })
         .collect();
     let mut published = 0;
     let mut last_offset = 0;
+    let mut api_latency = hdrhistogram::Histogram::<u64>::new(3)?;
     for publisher in publishers {
-        let (count, top) = publisher.await??;
+        let (count, top, latencies) = publisher.await??;
         published += count;
         last_offset = last_offset.max(top);
+        for micros in latencies {
+            api_latency.record(micros)?;
+        }
     }
     let publish_seconds = started.elapsed().as_secs_f64();
     let expected = Arc::new(HashMap::from([(settings.channel.clone(), last_offset)]));
@@ -125,6 +142,10 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         "deliveries": total.received,
         "deliveries_per_second": round(deliveries_per_second),
         "latency": total.latency_json(),
+        "api_reply_latency": settings.api.as_ref().map(|_| {
+            let ms = |q: f64| api_latency.value_at_quantile(q) as f64 / 1000.0;
+            json!({"p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": api_latency.max() as f64 / 1000.0})
+        }),
         "missing": total.missing,
         "duplicates": total.duplicates,
         "out_of_order": total.out_of_order,
@@ -196,6 +217,30 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
     sink.close().await?;
     let last_offset = replies.await??;
     Ok((count, last_offset))
+}
+
+/// Publishes through the HTTP API, one request at a time; returns how many, the last
+/// offset and each reply's latency in microseconds.
+async fn publish_http(settings: &Fanout, api: &str) -> anyhow::Result<(u64, u64, Vec<u64>)> {
+    let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
+    let interval = (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
+    let mut next = tokio::time::Instant::now();
+    let (mut count, mut last_offset, mut latencies) = (0, 0, Vec::new());
+    while tokio::time::Instant::now() < deadline {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next).await;
+            next += interval;
+        }
+        let body = json!({"channel": settings.channel, "data": lean::payload(settings.payload)}).to_string();
+        let sent = std::time::Instant::now();
+        let response = lean::post(api, "/api/v1/publish", &settings.api_key, &body).await?;
+        latencies.push(sent.elapsed().as_micros() as u64);
+        let offset = response["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("API refused: {response}"))?;
+        last_offset = last_offset.max(offset);
+        count += 1;
+    }
+    Ok((count, last_offset, latencies))
 }
 
 /// Closes the publish window when the reply reader ends, so the publisher stops instead

@@ -7,10 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use clap::Args;
 use serde_json::{json, Value};
 use switchboard_protocol::Encoding;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::Semaphore,
-};
+use tokio::sync::Semaphore;
 
 use crate::{
     lean, reader,
@@ -178,31 +175,10 @@ async fn publish_personal(settings: Rooms, run: u64) -> anyhow::Result<Published
         n += 1;
         let body = json!({"user": user, "event": "notification", "data": lean::payload(settings.payload)})
             .to_string();
-        let response = post(&api, "/api/v1/users/publish", &settings.api_key, &body).await?;
+        let response = lean::post(&api, "/api/v1/users/publish", &settings.api_key, &body).await?;
         let offset = response["offset"].as_u64().ok_or_else(|| anyhow::anyhow!("API refused: {response}"))?;
         last.insert(format!("user:{user}"), offset);
         count += 1;
     }
     Ok((count, last))
-}
-
-/// A minimal HTTP/1.1 POST of a JSON body; returns the JSON response body. Bounded by
-/// [`lean::EXCHANGE_TIMEOUT`] like every other exchange of the load generator.
-async fn post(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
-    tokio::time::timeout(lean::EXCHANGE_TIMEOUT, post_without_deadline(address, path, key, body))
-        .await
-        .map_err(|_| anyhow::anyhow!("no HTTP response from {address} in {:?}", lean::EXCHANGE_TIMEOUT))?
-}
-
-async fn post_without_deadline(address: &str, path: &str, key: &str, body: &str) -> anyhow::Result<Value> {
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    Ok(serde_json::from_str(body)?)
 }

@@ -24,6 +24,7 @@
 //! it to drain (see `session::writer`). Exactly one party writes at a time: [`Owner`]
 //! says which.
 
+pub mod backlog;
 mod control;
 pub mod shard;
 mod write;
@@ -108,6 +109,8 @@ pub(crate) struct Sink {
     pub shard: Arc<shard::Shard>,
     /// Counters of written frames.
     pub metrics: Arc<Metrics>,
+    /// The node's fan-out backlog (publication frames leave it once written or dropped).
+    pub backlog: Arc<backlog::Backlog>,
 }
 
 /// Creates a connection's outbox bounded by `max_frames` frames and `max_bytes` bytes,
@@ -174,6 +177,16 @@ impl Shared {
             (Owner::Task, _) => self.ready.notify_one(),
             (Owner::Shard, Some(socket)) => socket.shard.schedule(self.clone()),
             _ => {}
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// Frames still queued when the connection is gone leave the node's backlog.
+    fn drop(&mut self) {
+        if let Some(socket) = &self.socket {
+            let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+            socket.backlog.remove(state.queue.iter().filter(|o| o.received_at.is_some()).count());
         }
     }
 }
@@ -406,12 +419,17 @@ impl Writer {
     /// Drops every queued frame (a close that does not flush), except a frame the socket
     /// already took in part: it must be completed, or the close frame would land inside it.
     pub(crate) fn discard_queue(&self) {
-        let released: usize = {
+        let (released, fanned_out) = {
             let mut state = lock(&self.shared.state);
             let keep = usize::from(state.queue.front().is_some_and(|o| o.written > 0));
-            state.queue.drain(keep..).map(|o| o.size).sum()
+            state.queue.drain(keep..).fold((0, 0), |(bytes, frames), o| {
+                (bytes + o.size, frames + usize::from(o.received_at.is_some()))
+            })
         };
         self.shared.budget.add_permits(released);
+        if let Some(socket) = &self.shared.socket {
+            socket.backlog.remove(fanned_out);
+        }
         self.shared.room.notify_waiters();
     }
 

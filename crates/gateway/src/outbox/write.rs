@@ -14,7 +14,7 @@ use std::{
 
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::{lock, shard::Shard, Outgoing, Shared, Sink};
+use super::{backlog::Backlog, lock, shard::Shard, Outgoing, Shared, Sink};
 use crate::metrics::Metrics;
 
 /// Frames handed to one `writev` at most (well under every platform's `IOV_MAX`).
@@ -35,6 +35,7 @@ pub(crate) enum Progress {
 pub(crate) struct SocketWriter {
     pub(super) stream: OwnedWriteHalf,
     pub(super) shard: Arc<Shard>,
+    pub(super) backlog: Arc<Backlog>,
     metrics: Arc<Metrics>,
 }
 
@@ -46,7 +47,7 @@ impl std::fmt::Debug for SocketWriter {
 
 impl SocketWriter {
     pub(super) fn new(sink: Sink) -> SocketWriter {
-        SocketWriter { stream: sink.stream, shard: sink.shard, metrics: sink.metrics }
+        SocketWriter { stream: sink.stream, shard: sink.shard, backlog: sink.backlog, metrics: sink.metrics }
     }
 
     /// One non-blocking `writev` of the frames at the front of `shared`'s queue; `batch`
@@ -69,13 +70,16 @@ impl SocketWriter {
             Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
             Err(error) => {
                 tracing::debug!(%error, "write failed");
-                let held: usize = batch.drain(..).map(|o| o.size).sum();
+                let (held, fanned_out) = batch.drain(..).fold((0, 0), |(bytes, frames), o| {
+                    (bytes + o.size, frames + usize::from(o.received_at.is_some()))
+                });
                 shared.budget.add_permits(held);
+                self.backlog.remove(fanned_out);
                 return Progress::Failed;
             }
         };
         let mut done = 0;
-        let (mut bytes, mut released) = (0, 0);
+        let (mut bytes, mut released, mut fanned_out) = (0, 0, 0);
         for outgoing in batch.iter_mut() {
             let left = outgoing.frame.len() - outgoing.written;
             if written < left {
@@ -88,11 +92,13 @@ impl SocketWriter {
             released += outgoing.size;
             if let Some(received_at) = outgoing.received_at {
                 self.metrics.publish_to_write.observe(received_at.elapsed().as_secs_f64());
+                fanned_out += 1;
             }
         }
         if done > 0 {
             shared.budget.add_permits(released);
             shared.room.notify_waiters();
+            self.backlog.remove(fanned_out);
             self.metrics.messages_out.inc_by(done as u64);
             self.metrics.bytes_out.inc_by(bytes as u64);
         }

@@ -58,8 +58,12 @@ pub(crate) async fn run(
         let limits = &node.config.limits;
         let Upgraded { stream, prefix } = socket;
         let (read, write) = stream.into_split();
-        let sink =
-            outbox::Sink { stream: write, shard: node.flushers.shard_of(conn), metrics: metrics.clone() };
+        let sink = outbox::Sink {
+            stream: write,
+            shard: node.flushers.shard_of(conn),
+            metrics: metrics.clone(),
+            backlog: node.backlog.clone(),
+        };
         let (outbox, socket_writer) =
             outbox::connect(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone(), sink);
         let stream = inbound(read, &prefix, outbox.clone(), read_config(&node)).await;

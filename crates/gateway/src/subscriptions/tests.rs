@@ -52,7 +52,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let hub = Arc::new(Hub::new(Arc::new(Metrics::new()), 64));
+        let hub = Arc::new(Hub::new(
+            Arc::new(Metrics::new()),
+            64,
+            Arc::new(crate::outbox::backlog::Backlog::new(1 << 20)),
+        ));
         let memory = Arc::new(MemoryBroker::new(hub.clone(), Duration::from_secs(60)));
         Setup { hub, memory, rules: rules() }
     }

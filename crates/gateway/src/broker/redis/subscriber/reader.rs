@@ -15,8 +15,7 @@
 //! delivered: per-channel order is kept with no gap and no duplicate.
 //!
 //! The hold buffer is bounded per channel ([`HOLD_PER_CHANNEL`]) and across channels
-//! ([`HOLD_TOTAL`], the depth of the pub/sub message buffer in front of this task, so
-//! held messages never cost more than a full message buffer). A channel that overflows
+//! ([`HOLD_TOTAL`]; held messages are small, a few MB at most). A channel that overflows
 //! it drops what it held and any message arriving until its read completes, then catches
 //! up from the stream (from its last delivered offset), holding again: stored
 //! publications are all in the stream, so nothing is lost but ephemeral publications and
