@@ -2,6 +2,8 @@
 //! (refusals are JSON), bytes a client sends before the `101` arrived, the library's
 //! pongs joining the outbox, and server frames of every header length.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod fixture;
 
 use std::net::SocketAddr;

@@ -158,6 +158,19 @@ impl Shared {
         self.ready.notify_one();
     }
 
+    /// After a flusher's or an inline write: a full socket goes to the writer task, a
+    /// broken one too (the connection ends), and a drained one as [`Shared::settle`] says.
+    fn after_write(self: &Arc<Self>, progress: Progress) {
+        match progress {
+            Progress::Drained => self.settle(),
+            Progress::Blocked => self.hand_to_task(),
+            Progress::Failed => {
+                self.control.terminate();
+                self.hand_to_task();
+            }
+        }
+    }
+
     /// After a flusher or an inline write drained what it took: the socket goes to the
     /// writer task if the connection closes (it waits for exactly that), to nobody if the
     /// queue is empty, and back to the shard otherwise (frames arrived meanwhile).
@@ -202,6 +215,18 @@ impl Outbox {
     /// queue is full (the connection is then closed as a slow consumer) or the connection
     /// is already closing.
     pub fn push(&self, frame: WireFrame, received_at: Option<Instant>) -> bool {
+        self.push_with(frame, received_at, false)
+    }
+
+    /// Queues a frame like [`Outbox::push`] and, when nobody is writing, writes it at once
+    /// from the calling task. For a session's replies and pushes: the session is already
+    /// running, and a flusher would write the reply only after the connections listed
+    /// before it (a publisher's reply behind its own publication's fan-out).
+    pub fn push_now(&self, frame: WireFrame) -> bool {
+        self.push_with(frame, None, true)
+    }
+
+    fn push_with(&self, frame: WireFrame, received_at: Option<Instant>, inline: bool) -> bool {
         let cost = self.cost(&frame);
         match self.shared.budget.try_acquire_many(cost as u32) {
             Ok(permits) => permits.forget(),
@@ -211,8 +236,14 @@ impl Outbox {
             }
             Err(TryAcquireError::Closed) => return false,
         }
-        match self.enqueue(Outgoing { frame, size: cost, received_at, written: 0 }) {
-            Ok(()) => true,
+        match self.enqueue_as(Outgoing { frame, size: cost, received_at, written: 0 }, !inline) {
+            Ok(took) => {
+                if let (true, Some(socket)) = (inline && took, &self.shared.socket) {
+                    let progress = socket.write_some(&self.shared, &mut Vec::new());
+                    self.shared.after_write(progress);
+                }
+                true
+            }
             Err((refused, outgoing)) => {
                 self.shared.budget.add_permits(outgoing.size);
                 if matches!(refused, Refused::Full) {
@@ -261,62 +292,17 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame like [`Outbox::push`] and, when nobody is writing, writes it at once
-    /// from the calling task. For a session's replies and pushes: the session is already
-    /// running, and a flusher would write the reply only after the connections listed
-    /// before it (a publisher's reply behind its own publication's fan-out).
-    pub fn push_now(&self, frame: WireFrame) -> bool {
-        let cost = self.cost(&frame);
-        match self.shared.budget.try_acquire_many(cost as u32) {
-            Ok(permits) => permits.forget(),
-            Err(TryAcquireError::NoPermits) => {
-                self.close_as_slow_consumer();
-                return false;
-            }
-            Err(TryAcquireError::Closed) => return false,
-        }
-        let outgoing = Outgoing { frame, size: cost, received_at: None, written: 0 };
-        match self.enqueue_as(outgoing, Owner::Shard, false) {
-            Ok(false) => true,
-            Ok(true) => {
-                if let Some(socket) = &self.shared.socket {
-                    let mut batch = Vec::new();
-                    match socket.write_some(&self.shared, &mut batch) {
-                        Progress::Drained => self.shared.settle(),
-                        Progress::Blocked => self.shared.hand_to_task(),
-                        Progress::Failed => {
-                            self.shared.control.terminate();
-                            self.shared.hand_to_task();
-                        }
-                    }
-                }
-                true
-            }
-            Err((refused, outgoing)) => {
-                self.shared.budget.add_permits(outgoing.size);
-                if matches!(refused, Refused::Full) {
-                    self.close_as_slow_consumer();
-                }
-                false
-            }
-        }
-    }
-
     /// Appends a frame unless the connection is closing or the frame bound is reached (a
     /// refused frame is handed back), and makes sure someone will write it: the
     /// connection's flusher shard when nobody is writing yet.
     fn enqueue(&self, outgoing: Outgoing) -> Result<(), (Refused, Outgoing)> {
-        self.enqueue_as(outgoing, Owner::Shard, true).map(|_| ())
+        self.enqueue_as(outgoing, true).map(|_| ())
     }
 
-    /// [`Outbox::enqueue`]; when nobody was writing, the caller becomes `owner` and, with
-    /// `schedule`, the shard is told. Returns whether the caller took the socket.
-    fn enqueue_as(
-        &self,
-        outgoing: Outgoing,
-        owner: Owner,
-        schedule: bool,
-    ) -> Result<bool, (Refused, Outgoing)> {
+    /// [`Outbox::enqueue`]; when nobody was writing, the socket goes to the shard, which
+    /// is told when `schedule` (otherwise the caller writes at once). Returns whether the
+    /// socket was taken for the caller's frame.
+    fn enqueue_as(&self, outgoing: Outgoing, schedule: bool) -> Result<bool, (Refused, Outgoing)> {
         if self.shared.control.is_closing() {
             return Err((Refused::Closing, outgoing));
         }
@@ -328,7 +314,7 @@ impl Outbox {
             state.queue.push_back(outgoing);
             let idle = state.owner == Owner::Idle;
             if idle {
-                state.owner = if self.shared.socket.is_some() { owner } else { Owner::Task };
+                state.owner = if self.shared.socket.is_some() { Owner::Shard } else { Owner::Task };
             }
             idle
         };

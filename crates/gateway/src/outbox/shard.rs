@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{lock, Outgoing, Progress, Shared};
+use super::{lock, Outgoing, Shared};
 
 /// Connections a shard writes before it lets other tasks of its worker run.
 const YIELD_EVERY: usize = 64;
@@ -75,15 +75,9 @@ impl Shard {
         if connection.control.is_closing() {
             return connection.hand_to_task();
         }
-        match socket.write_some(&connection, batch) {
-            // Frames that arrived during the write wait for the next round.
-            Progress::Drained => connection.settle(),
-            Progress::Blocked => connection.hand_to_task(),
-            Progress::Failed => {
-                connection.control.terminate();
-                connection.hand_to_task();
-            }
-        }
+        // Frames that arrived during the write wait for the next round.
+        let progress = socket.write_some(&connection, batch);
+        connection.after_write(progress);
     }
 }
 
