@@ -114,7 +114,7 @@ impl Node {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            flushers: Flushers::start(tokio::runtime::Handle::current().metrics().num_workers()),
+            flushers: Flushers::start(tokio::runtime::Handle::current().metrics().num_workers(), &backlog),
             backlog,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),

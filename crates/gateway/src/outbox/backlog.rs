@@ -9,6 +9,10 @@
 //!
 //! The hub counts a fan-out before queuing it and takes back what it did not queue, and
 //! frames leave the count when written or dropped, so the count is never below the truth.
+//! Frames waiting for clients whose sockets are full count too (until written, or dropped
+//! when `limits.outbound_wait_ms` closes such a client), but they are not the flushers'
+//! lag: publishers wait only while a flusher is actually working, so a few stuck clients
+//! cannot hold every publisher back.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -22,13 +26,20 @@ use tokio::sync::Notify;
 pub struct Backlog {
     frames: AtomicUsize,
     limit: usize,
+    /// Flusher shards in the middle of a round.
+    busy_shards: AtomicUsize,
     drained: Notify,
 }
 
 impl Backlog {
     /// A backlog that holds publishers back above `limit` frames.
     pub fn new(limit: usize) -> Backlog {
-        Backlog { frames: AtomicUsize::new(0), limit: limit.max(1), drained: Notify::new() }
+        Backlog {
+            frames: AtomicUsize::new(0),
+            limit: limit.max(1),
+            busy_shards: AtomicUsize::new(0),
+            drained: Notify::new(),
+        }
     }
 
     /// Counts `frames` about to be queued.
@@ -58,10 +69,27 @@ impl Backlog {
         self.frames.load(Ordering::Acquire)
     }
 
+    /// A flusher shard starts writing its listed connections.
+    pub fn shard_busy(&self) {
+        self.busy_shards.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A flusher shard has nothing listed any more.
+    pub fn shard_idle(&self) {
+        if self.busy_shards.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Whether a publisher should wait: over the limit while the flushers work.
+    fn behind(&self) -> bool {
+        self.frames() >= self.limit && self.busy_shards.load(Ordering::Acquire) > 0
+    }
+
     /// Waits until the backlog is under the limit, at most `patience`. Returns whether it
     /// had to wait.
     pub async fn room(&self, patience: Duration) -> bool {
-        if self.frames() < self.limit {
+        if !self.behind() {
             return false;
         }
         let wait = async {
@@ -69,7 +97,7 @@ impl Backlog {
                 let drained = self.drained.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                if self.frames() < self.limit {
+                if !self.behind() {
                     return;
                 }
                 drained.await;
@@ -89,6 +117,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn publishers_wait_until_the_flushers_catch_up() {
         let backlog = std::sync::Arc::new(Backlog::new(10));
+        backlog.shard_busy();
         backlog.add(5);
         assert!(!backlog.room(Duration::from_secs(1)).await, "under the limit: no wait");
         backlog.add(10);
@@ -103,5 +132,15 @@ mod tests {
         assert_eq!(backlog.frames(), 0, "never below zero");
         backlog.add(20);
         assert!(backlog.room(Duration::from_secs(1)).await, "gives up after its patience");
+        // Over the limit with idle flushers: the frames wait for full sockets, not for
+        // the flushers, and must not hold publishers back.
+        let waiting = {
+            let backlog = backlog.clone();
+            tokio::spawn(async move { backlog.room(Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        backlog.shard_idle();
+        assert!(waiting.await.expect("join"), "woken when the flushers went idle");
+        assert!(!backlog.room(Duration::from_secs(60)).await, "no wait while they are idle");
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{lock, Outgoing, Shared};
+use super::{backlog::Backlog, lock, Outgoing, Shared};
 
 /// Connections a shard writes before it lets other tasks of its worker run.
 const YIELD_EVERY: usize = 64;
@@ -41,8 +41,9 @@ impl Shard {
         }
     }
 
-    /// Writes listed connections until `stop` fires (the node is dropped).
-    async fn run(self: Arc<Shard>, stop: CancellationToken) {
+    /// Writes listed connections until `stop` fires (the node is dropped), telling
+    /// `backlog` when it is working.
+    async fn run(self: Arc<Shard>, stop: CancellationToken, backlog: Arc<Backlog>) {
         let mut round: Vec<Arc<Shared>> = Vec::new();
         let mut batch: Vec<Outgoing> = Vec::with_capacity(super::write::MAX_IOVECS);
         loop {
@@ -50,9 +51,11 @@ impl Shard {
                 () = self.wake.notified() => {}
                 () = stop.cancelled() => return,
             }
+            backlog.shard_busy();
             loop {
                 std::mem::swap(&mut *lock(&self.listed), &mut round);
                 if round.is_empty() {
+                    backlog.shard_idle();
                     break;
                 }
                 for (index, connection) in round.drain(..).enumerate() {
@@ -90,11 +93,11 @@ pub struct Flushers {
 
 impl Flushers {
     /// Starts `count` shards (at least one) on the current runtime.
-    pub fn start(count: usize) -> Flushers {
+    pub fn start(count: usize, backlog: &Arc<Backlog>) -> Flushers {
         let shards: Vec<Arc<Shard>> = (0..count.max(1)).map(|_| Arc::new(Shard::default())).collect();
         let stop = CancellationToken::new();
         for shard in &shards {
-            tokio::spawn(shard.clone().run(stop.clone()));
+            tokio::spawn(shard.clone().run(stop.clone(), backlog.clone()));
         }
         Flushers { shards, _stop: stop.drop_guard() }
     }
