@@ -193,7 +193,11 @@ impl Reader {
             return;
         }
         let Some(channel) = keys::channel_of_live(&message.channel) else { return };
-        let channel: Arc<str> = Arc::from(channel);
+        // The name is shared with the channel's state: no allocation per message.
+        let channel: Arc<str> = match self.channels.get_key_value(channel) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(channel),
+        };
         let Some(payload) = message.value.as_bytes() else {
             self.shared.metrics.broker_invalid_messages.inc();
             return;
@@ -239,13 +243,15 @@ impl Reader {
 
     /// Delivers a publication in offset order: a repeat is dropped, a jump starts a gap
     /// fill (holding this publication until it is done).
-    fn on_publication(&mut self, channel: Arc<str>, publication: Publication) {
+    fn on_publication(&mut self, channel: Arc<str>, mut publication: Publication) {
         let (Some(offset), Some(epoch)) = (publication.offset, publication.epoch.clone()) else {
             // Ephemeral: no position to keep.
             return self.shared.sink.deliver(&channel, ChannelEvent::Publication(publication));
         };
         if let Some(state) = self.channels.get_mut(&channel) {
             if *state.epoch == *epoch {
+                // One shared epoch per channel: the hub compares epochs by pointer first.
+                publication.epoch = Some(state.epoch.clone());
                 if offset <= state.last && !state.soft {
                     self.shared.metrics.broker_duplicates.inc();
                     return;
@@ -253,6 +259,7 @@ impl Reader {
                 if offset > state.last + 1 {
                     self.shared.metrics.broker_gap_fills.inc();
                     let from = state.last;
+                    let epoch = state.epoch.clone();
                     let mut repair = self.start_repair(&channel, epoch, from, Some(offset));
                     repair.held.push_back(ChannelEvent::Publication(publication));
                     self.held_total += 1;
@@ -261,6 +268,8 @@ impl Reader {
                     }
                     return;
                 }
+                (state.last, state.soft) = (offset, false);
+                return self.shared.sink.deliver(&channel, ChannelEvent::Publication(publication));
             }
         }
         self.channels.insert(channel.clone(), Channel { epoch, last: offset, soft: false, repair: None });
