@@ -123,3 +123,42 @@ async fn frames_of_every_header_length_arrive_whole() {
         }
     }
 }
+
+/// The fan-out backlog holds publishers back only while the flushers are behind: frames
+/// waiting for a client that stopped reading (its socket full, its budget large enough to
+/// keep them) must not. Were they to, each publish below would wait `outbound_wait_ms`
+/// (two minutes) and miss the fixture's reply deadline.
+#[tokio::test]
+async fn a_client_that_stopped_reading_does_not_hold_publishers_back() {
+    let mut config = fixture::config();
+    config.limits.fanout_backlog_frames = 4;
+    config.limits.outbound_wait_ms = 120_000;
+    config.limits.outbound_queue_bytes = 64 << 20;
+    config.limits.outbound_queue_frames = 100_000;
+    let server = TestServer::start(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut stuck = RawSocket::from_stream(stream).await;
+    stuck
+        .send_text(&json!({"id": 1, "method": "connect", "params": {"token": token("stuck")}}).to_string())
+        .await;
+    stuck
+        .send_text(&json!({"id": 2, "method": "subscribe", "params": {"channel": "nohist:feed"}}).to_string())
+        .await;
+    let mut reader = server.connect("reader", switchboard_protocol::Encoding::Json).await;
+    reader.ok("subscribe", json!({"channel": "nohist:feed"})).await;
+    let mut publisher = server.connect("publisher", switchboard_protocol::Encoding::Json).await;
+    let pad = "x".repeat(30_000);
+    for n in 0..200 {
+        // Not read by `stuck`: after a few hundred KiB its socket is full and the rest of
+        // its frames wait in its queue.
+        let reply = publisher.call("publish", json!({"channel": "nohist:feed", "data": {"n": n, "pad": pad}})).await;
+        assert!(reply.error.is_none(), "publish {n}: {:?}", reply.error);
+    }
+    for n in 0..200 {
+        assert_eq!(reader.publication().await.data["n"], n);
+    }
+    assert!(server.node.backlog.frames() > 4, "the stuck client's frames are still queued");
+    drop(stuck);
+}
