@@ -153,7 +153,8 @@ async fn a_client_that_stopped_reading_does_not_hold_publishers_back() {
     for n in 0..200 {
         // Not read by `stuck`: after a few hundred KiB its socket is full and the rest of
         // its frames wait in its queue.
-        let reply = publisher.call("publish", json!({"channel": "nohist:feed", "data": {"n": n, "pad": pad}})).await;
+        let reply =
+            publisher.call("publish", json!({"channel": "nohist:feed", "data": {"n": n, "pad": pad}})).await;
         assert!(reply.error.is_none(), "publish {n}: {:?}", reply.error);
     }
     for n in 0..200 {
