@@ -68,10 +68,11 @@ fn publication(channel: &str, offset: u64, epoch: Option<&str>) -> Value {
 /// 6 and 7 without an epoch, then `news` is reset (1 carries `e2`, 2 does not) and the
 /// connection drops. Second connection: reports the `connect` and `subscribe` commands the
 /// client sent, and answers them.
-async fn scripted_peer() -> (String, mpsc::UnboundedReceiver<Value>) {
+async fn scripted_peer() -> (String, mpsc::Receiver<Value>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-    let (report, reports) = mpsc::unbounded_channel();
+    // Two reports in all: `connect` and `subscribe` of the second connection.
+    let (report, reports) = mpsc::channel(2);
     tokio::spawn(async move {
         let connected = |epoch: &str, offset: u64| {
             json!({"client": "c1", "user": "u1", "node": "scripted", "version": "0", "ping_interval_ms": 0,
@@ -99,10 +100,10 @@ async fn scripted_peer() -> (String, mpsc::UnboundedReceiver<Value>) {
 
         let mut socket = accept(&listener).await;
         let connect = command(&mut socket).await;
-        report.send(connect.clone()).unwrap();
+        report.send(connect.clone()).await.unwrap();
         reply(&mut socket, &connect, connected("p1", 1)).await;
         let subscribe = command(&mut socket).await;
-        report.send(subscribe.clone()).unwrap();
+        report.send(subscribe.clone()).await.unwrap();
         let result = json!({"channel": "news", "epoch": "e2", "offset": 2, "recovered": true, "missed": 0});
         reply(&mut socket, &subscribe, result).await;
         while let Some(Ok(_)) = socket.next().await {}
