@@ -223,29 +223,40 @@ async fn offline_delivery_replays_after_the_acknowledged_position() {
     );
 }
 
-/// A broker that publishes into the channel while a join is under way: once before the
-/// join's read (that publication is both buffered by the hub and in the read) and once
-/// after it (only buffered), as live traffic can with Redis.
-struct PublishingDuringJoin {
+/// The memory broker with its joins scripted, as Redis can behave.
+struct Scripted {
     inner: Arc<MemoryBroker>,
-    stream: StreamOptions,
-    next: Mutex<u64>,
+    join: OnJoin,
 }
 
-impl PublishingDuringJoin {
+/// What a [`Scripted`] broker does on `join`.
+enum OnJoin {
+    /// Publishes into the channel once before the join's read (that publication is both
+    /// buffered by the hub and in the read) and once after it (only buffered), as live
+    /// traffic can with Redis.
+    PublishAround { stream: StreamOptions, next: Mutex<u64> },
+    /// Fails, as Redis does while unreachable.
+    Fail,
+}
+
+impl Scripted {
     async fn publish_next(&self, channel: &str) {
+        let OnJoin::PublishAround { stream, next } = &self.join else { return };
         let n = {
-            let mut next = self.next.lock().expect("lock");
+            let mut next = next.lock().expect("lock");
             *next += 1;
             *next
         };
-        self.inner.publish(channel, new_publication(n), self.stream).await.expect("publish");
+        self.inner.publish(channel, new_publication(n), *stream).await.expect("publish");
     }
 }
 
 #[async_trait]
-impl Broker for PublishingDuringJoin {
+impl Broker for Scripted {
     async fn join(&self, channel: &str, request: JoinRequest) -> Result<Joined, BrokerError> {
+        if matches!(self.join, OnJoin::Fail) {
+            return Err(BrokerError::Unavailable("down".into()));
+        }
         self.publish_next(channel).await;
         let joined = self.inner.join(channel, request).await;
         self.publish_next(channel).await;
@@ -291,7 +302,7 @@ impl Broker for PublishingDuringJoin {
         self.inner.nodes().await
     }
     fn is_ready(&self) -> bool {
-        true
+        !matches!(self.join, OnJoin::Fail)
     }
 }
 
@@ -300,7 +311,8 @@ async fn publications_during_the_read_are_delivered_once_in_order() {
     let setup = Setup::new();
     let first = setup.publish("quiet:b", 1).await;
     let stream = setup.namespace("quiet:b").stream;
-    let broker = Arc::new(PublishingDuringJoin { inner: setup.memory.clone(), stream, next: Mutex::new(1) });
+    let join = OnJoin::PublishAround { stream, next: Mutex::new(1) };
+    let broker = Arc::new(Scripted { inner: setup.memory.clone(), join });
     let lifecycle = Subscriptions::new(setup.hub.clone(), broker);
     let mut conn = Conn::new(1, "u1");
     let namespace = setup.namespace("quiet:b");
@@ -377,62 +389,11 @@ async fn leaving_a_channel_never_joined_does_nothing() {
     assert_eq!(setup.hub.subscriber_count("room:n"), 1);
 }
 
-/// A broker whose joins fail, as Redis does while unreachable.
-struct Unavailable(Arc<MemoryBroker>);
-
-#[async_trait]
-impl Broker for Unavailable {
-    async fn join(&self, _channel: &str, _request: JoinRequest) -> Result<Joined, BrokerError> {
-        Err(BrokerError::Unavailable("down".into()))
-    }
-    async fn leave(&self, c: &str, client: &ClientInfo, p: bool, l: bool) -> Result<bool, BrokerError> {
-        self.0.leave(c, client, p, l).await
-    }
-    async fn publish(
-        &self,
-        channel: &str,
-        publication: NewPublication,
-        stream: StreamOptions,
-    ) -> Result<Option<StreamPosition>, BrokerError> {
-        self.0.publish(channel, publication, stream).await
-    }
-    async fn history(
-        &self,
-        channel: &str,
-        since: Since,
-        limit: usize,
-        max_bytes: usize,
-        stream: StreamOptions,
-    ) -> Result<HistoryPage, BrokerError> {
-        self.0.history(channel, since, limit, max_bytes, stream).await
-    }
-    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
-        self.0.presence(channel).await
-    }
-    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
-        self.0.presence_stats(channel).await
-    }
-    async fn ack(&self, channel: &str, user: &str, position: StreamPosition) -> Result<(), BrokerError> {
-        self.0.ack(channel, user, position).await
-    }
-    async fn control(&self, user: &str, control: Control) -> Result<bool, BrokerError> {
-        self.0.control(user, control).await
-    }
-    async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
-        self.0.active_channels().await
-    }
-    async fn nodes(&self) -> Result<Vec<Value>, BrokerError> {
-        self.0.nodes().await
-    }
-    fn is_ready(&self) -> bool {
-        false
-    }
-}
-
 #[tokio::test]
 async fn a_failed_join_leaves_nothing_registered() {
     let setup = Setup::new();
-    let lifecycle = Subscriptions::new(setup.hub.clone(), Arc::new(Unavailable(setup.memory.clone())));
+    let broker = Scripted { inner: setup.memory.clone(), join: OnJoin::Fail };
+    let lifecycle = Subscriptions::new(setup.hub.clone(), Arc::new(broker));
     let conn = Conn::new(1, "u1");
     let namespace = setup.namespace("room:f");
     let error = lifecycle.join("room:f", &namespace, &conn.member(), Resume::Live).await.expect_err("fails");
