@@ -381,6 +381,36 @@ impl Client {
         self.call("ack", params).await.map(|_| ())
     }
 
+    /// Calls the backend method `method` with `data` (the `rpc` command) and returns the
+    /// backend's result. A backend's own error comes back as [`ClientError::Server`] with
+    /// its code (1000–2999) and message; 118 `timeout` and 115 `unavailable` are
+    /// temporary. Keep the client's request timeout above the route's timeout.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn rpc(&self, method: &str, data: Value) -> Result<Value, ClientError> {
+        self.rpc_with_key(method, data, None).await
+    }
+
+    /// [`Client::rpc`] with an idempotency key passed to the backend, so that a retried
+    /// call (same key) is recognised there and not carried out twice.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn rpc_with_key(
+        &self,
+        method: &str,
+        data: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut params = serde_json::json!({"method": method, "data": data});
+        if let Some(key) = idempotency_key {
+            params["idempotency_key"] = Value::String(key.into());
+        }
+        let mut result = self.call("rpc", params).await?;
+        Ok(result.get_mut("data").map(Value::take).unwrap_or(Value::Null))
+    }
+
     /// Any command by method name; returns the raw result.
     ///
     /// # Errors

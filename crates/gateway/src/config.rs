@@ -8,6 +8,8 @@
 //!
 //! This module only describes and loads configuration; it must not act on it.
 
+mod rpc;
+
 use std::{net::SocketAddr, path::Path};
 
 use figment::{
@@ -15,6 +17,8 @@ use figment::{
     Figment,
 };
 use serde::{Deserialize, Serialize};
+
+pub use rpc::{RpcConfig, RpcRoute};
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The HTTP server API for backends.
     pub api: ApiConfig,
+    /// Where clients' `rpc` calls go.
+    pub rpc: RpcConfig,
     /// Channel namespaces; a channel `ns:rest` uses namespace `ns`, a bare name uses `""`.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -59,6 +65,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             api: ApiConfig::default(),
+            rpc: RpcConfig::default(),
             namespaces: NamespaceConfig::defaults(),
         }
     }
@@ -376,6 +383,15 @@ pub struct NamespaceConfig {
     pub history_size: usize,
     /// How long a publication is retained, in seconds. Default 300.
     pub history_ttl_secs: u64,
+    /// Ask a backend before every subscription (after the subscribe policy allowed it):
+    /// the gateway calls the RPC method `sb.subscribe`, routed like any `rpc`, which
+    /// allows (optionally returning initial data) or denies with its own error. Default
+    /// false.
+    pub subscribe_hook: bool,
+    /// Send every client publication to a backend before it is broadcast: the gateway
+    /// calls the RPC method `sb.publish`, which accepts it, rewrites its `data` or `event`,
+    /// or rejects it with its own error. Default false.
+    pub publish_hook: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -388,6 +404,8 @@ impl Default for NamespaceConfig {
             join_leave: false,
             history_size: 100,
             history_ttl_secs: 300,
+            subscribe_hook: false,
+            publish_hook: false,
         }
     }
 }
@@ -425,6 +443,11 @@ impl NamespaceConfig {
         }
     }
 }
+
+/// The RPC method of namespaces' subscribe hooks.
+pub const SUBSCRIBE_HOOK: &str = "sb.subscribe";
+/// The RPC method of namespaces' publish hooks.
+pub const PUBLISH_HOOK: &str = "sb.publish";
 
 /// The development HMAC secret used by `--dev`. Never use it in production.
 pub const DEV_SECRET: &str = "switchboard-dev-secret-do-not-use-in-production";
@@ -497,6 +520,17 @@ impl Config {
         }
         if self.heartbeat.ping_interval_ms == 0 {
             return Err(ConfigError::Invalid("heartbeat.ping_interval_ms must be positive".into()));
+        }
+        self.rpc.validate(self.broker.url.starts_with("redis://"))?;
+        for ns in &self.namespaces {
+            for (enabled, method) in [(ns.subscribe_hook, SUBSCRIBE_HOOK), (ns.publish_hook, PUBLISH_HOOK)] {
+                if enabled && !self.rpc.routes.iter().any(|route| route.matches(method)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "namespace `{}` has a hook but no rpc route serves `{method}`",
+                        ns.name
+                    )));
+                }
+            }
         }
         Ok(())
     }

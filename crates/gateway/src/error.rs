@@ -2,7 +2,7 @@
 
 use switchboard_protocol::{codec::CodecError, Code};
 
-use crate::{auth::AuthError, broker::BrokerError, channel::ChannelError};
+use crate::{auth::AuthError, broker::BrokerError, channel::ChannelError, rpc::RpcError};
 
 /// Why a command failed. Each variant maps to exactly one protocol [`Code`].
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,9 @@ pub enum CommandError {
     /// A frame could not be encoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A backend hook denied the command, failed or timed out.
+    #[error(transparent)]
+    Hook(#[from] RpcError),
     /// A rule refused the command; the code says which rule.
     #[error("{message}")]
     Refused {
@@ -45,6 +48,7 @@ impl CommandError {
             CommandError::Broker(BrokerError::Unavailable(_)) => Code::Unavailable,
             CommandError::Broker(BrokerError::PositionLost { .. }) => Code::UnrecoverablePosition,
             CommandError::Codec(_) => Code::Internal,
+            CommandError::Hook(error) => error.code(),
             CommandError::Refused { code, .. } => *code,
         }
     }

@@ -4,7 +4,8 @@
 //! resolves. Modules by job: [`config`], [`auth`], [`channel`], [`http`], `session` (one
 //! connection), [`subscriptions`] (join and leave), [`hub`] (local fan-out), [`outbox`]
 //! (per-connection bounded queue and the flushers that write it), [`transport`]
-//! (handshake, frames, the socket), [`broker`] (trait and implementations), [`metrics`].
+//! (handshake, frames, the socket), [`broker`] (trait and implementations), [`rpc`]
+//! (client calls to backends), [`metrics`].
 
 pub mod api;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod ratelimit;
+pub mod rpc;
 pub mod server;
 mod session;
 pub mod subscriptions;

@@ -5,8 +5,8 @@
 //! values are added once per batch by the writer rather than once per frame.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric of the gateway. Names are prefixed `switchboard_`.
@@ -58,6 +58,17 @@ pub struct Metrics {
     pub broker_resyncs: IntCounter,
     /// Times the pub/sub probe did not come back and the subscriber was reconnected.
     pub broker_probe_failures: IntCounter,
+    /// `rpc` calls sent to a backend, by route.
+    pub rpc_requests: IntCounterVec,
+    /// `rpc` calls that failed, by route and kind (`timeout`, `unavailable`, `backend`,
+    /// `bad_reply`).
+    pub rpc_errors: IntCounterVec,
+    /// Seconds from sending an `rpc` to its backend to having its answer, by route.
+    pub rpc_duration: HistogramVec,
+    /// `rpc` calls waiting for their backend, by route.
+    pub rpc_pending: IntGaugeVec,
+    /// RPC replies that arrived after their caller stopped waiting (dropped).
+    pub rpc_late_replies: IntCounter,
     /// Live messages or stream entries that could not be decoded.
     pub broker_invalid_messages: IntCounter,
     /// Gap-fill or catch-up reads of a stream that failed and were retried.
@@ -116,6 +127,27 @@ impl Metrics {
         )
         .expect("valid histogram");
         registry.register(Box::new(publish_to_write.clone())).expect("unique histogram");
+        let rpc_duration = HistogramVec::new(
+            HistogramOpts::new("switchboard_rpc_duration_seconds", "Time for a backend to answer an rpc")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            &["route"],
+        )
+        .expect("valid histogram");
+        registry.register(Box::new(rpc_duration.clone())).expect("unique histogram");
+        let rpc_errors = IntCounterVec::new(
+            Opts::new("switchboard_rpc_errors_total", "rpc calls that failed, by route and kind"),
+            &["route", "kind"],
+        )
+        .expect("valid");
+        registry.register(Box::new(rpc_errors.clone())).expect("unique counter vec");
+        let rpc_pending = IntGaugeVec::new(
+            Opts::new("switchboard_rpc_pending", "rpc calls waiting for a backend"),
+            &["route"],
+        )
+        .expect("valid");
+        registry.register(Box::new(rpc_pending.clone())).expect("unique gauge vec");
         Metrics {
             connections: gauge("connections", "Open WebSocket connections"),
             connections_total: counter("connections_total", "WebSocket connections accepted"),
@@ -159,6 +191,14 @@ impl Metrics {
             broker_probe_failures: counter(
                 "broker_probe_failures_total",
                 "Pub/sub probes that did not come back",
+            ),
+            rpc_requests: counter_vec("rpc_requests_total", "rpc calls sent to a backend", "route"),
+            rpc_errors,
+            rpc_duration,
+            rpc_pending,
+            rpc_late_replies: counter(
+                "rpc_late_replies_total",
+                "RPC replies that arrived after the caller stopped waiting",
             ),
             broker_invalid_messages: counter(
                 "broker_invalid_messages_total",

@@ -24,6 +24,7 @@ use crate::{
     hub::{ConnId, Hub},
     metrics::Metrics,
     outbox::{backlog::Backlog, shard::Flushers},
+    rpc::Rpc,
     subscriptions::Subscriptions,
 };
 
@@ -39,6 +40,9 @@ pub enum NodeError {
     /// The broker could not be set up.
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    /// An RPC route could not be set up.
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RouteSetupError),
 }
 
 /// Everything a session or handler needs from its node.
@@ -57,6 +61,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// The subscription lifecycle (join and leave) over the hub and the broker.
     pub subscriptions: Subscriptions,
+    /// Where clients' `rpc` calls go.
+    pub rpc: Rpc,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node starts shutting down; every session watches it.
@@ -98,11 +104,20 @@ impl Node {
             spawn_sweeper(broker.clone(), rules.clone(), metrics.clone());
             broker
         } else if url.starts_with("redis://") {
-            RedisBroker::start(&config.broker, &id, hub.clone(), metrics.clone(), rules.clone())?
+            RedisBroker::start(
+                &config.broker,
+                &id,
+                hub.clone(),
+                metrics.clone(),
+                rules.clone(),
+                config.rpc.stream_max_len,
+            )?
         } else {
             return Err(NodeError::BrokerUrl(config.broker.url.clone()));
         };
         let subscriptions = Subscriptions::new(hub.clone(), broker.clone());
+        let limits = (config.limits.max_payload_bytes, config.limits.max_nesting_depth);
+        let rpc = Rpc::new(&config.rpc, limits, broker.clone(), metrics.clone(), id.clone())?;
         Ok(Arc::new(Node {
             config,
             id,
@@ -111,6 +126,7 @@ impl Node {
             hub,
             broker,
             subscriptions,
+            rpc,
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),

@@ -85,6 +85,10 @@ fn every_metric_is_documented() {
     metrics.disconnects.with_label_values(&["x"]);
     metrics.cluster_node_connections.with_label_values(&["x"]);
     metrics.handshakes_dropped.with_label_values(&["x"]);
+    metrics.rpc_requests.with_label_values(&["x"]);
+    metrics.rpc_errors.with_label_values(&["x", "y"]);
+    metrics.rpc_duration.with_label_values(&["x"]);
+    metrics.rpc_pending.with_label_values(&["x"]);
     let mut registered = BTreeMap::new();
     let rendered = metrics.render();
     for line in rendered.lines() {
@@ -101,8 +105,14 @@ fn every_metric_is_documented() {
             .filter_map(|pair| pair.split_once('=').map(|(n, _)| n.to_string()))
             .filter(|name| name != "le") // histogram buckets
             .collect();
-        if let Some((labels, _)) = registered.get_mut(series) {
+        // A histogram's series are `<name>_bucket`, `<name>_sum` and `<name>_count`.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| series.strip_suffix(suffix).filter(|base| registered.contains_key(*base)))
+            .unwrap_or(series);
+        if let Some((labels, _)) = registered.get_mut(family) {
             *labels = names;
+            labels.sort();
         }
     }
     let mut problems = Vec::new();
@@ -110,7 +120,9 @@ fn every_metric_is_documented() {
         match documented.get(name) {
             None => problems.push(format!("{name} is not in the metrics table")),
             Some((doc_labels, doc_kind)) => {
-                if doc_labels != labels {
+                let mut doc_labels = doc_labels.clone();
+                doc_labels.sort();
+                if &doc_labels != labels {
                     problems.push(format!("{name}: labels {labels:?} documented as {doc_labels:?}"));
                 }
                 if doc_kind != kind {
@@ -140,6 +152,8 @@ fn every_redis_key_and_function_is_documented() {
         keys::presence_users(channel),
         keys::acks(channel),
         keys::probe("<node>"),
+        keys::rpc_stream("<route>"),
+        keys::rpc_replies("<node>"),
         keys::NODES.to_string(),
         keys::NODES_SEEN.to_string(),
         keys::NAMESPACES.to_string(),

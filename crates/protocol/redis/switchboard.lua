@@ -362,6 +362,49 @@ local function leave(keys, args)
   return present
 end
 
+-- RPC: a worker's answer to the request entry <entry> of the request stream KEYS[1],
+-- read through consumer group ARGV[1]. Exactly one answer per request reaches the caller:
+-- the first XACK wins (a second worker that claimed the same entry gets 'duplicate').
+-- The entry is deleted once answered, so the stream holds only unanswered requests.
+-- A reply after the request's deadline is dropped ('late'): the caller has already had
+-- its timeout error. The reply travels to the caller's node as '<request id>\n<reply>'
+-- on the entry's reply_to pub/sub channel; the node parses and checks <reply>.
+-- Returns 'ok', 'duplicate', 'late' or 'gone' (the entry was trimmed before an answer).
+local function rpc_reply(keys, args)
+  local stream, group, entry, reply = keys[1], args[1], args[2], args[3]
+  if not reply then
+    return redis.error_reply('ERR usage: FCALL sb_rpc_reply 1 <stream> <group> <entry id> <reply json>')
+  end
+  if redis.call('XACK', stream, group, entry) == 0 then
+    return 'duplicate'
+  end
+  local found = redis.call('XRANGE', stream, entry, entry)
+  redis.call('XDEL', stream, entry)
+  if #found == 0 then
+    return 'gone'
+  end
+  local fields = found[1][2]
+  local request, reply_to, deadline
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if name == 'id' then
+      request = fields[i + 1]
+    elseif name == 'reply_to' then
+      reply_to = fields[i + 1]
+    elseif name == 'deadline' then
+      deadline = tonumber(fields[i + 1])
+    end
+  end
+  if not request or not reply_to then
+    return 'gone'
+  end
+  if deadline and now_ms() > deadline then
+    return 'late'
+  end
+  redis.call('PUBLISH', reply_to, request .. '\n' .. reply)
+  return 'ok'
+end
+
 local function version()
   return VERSION
 end
@@ -377,4 +420,5 @@ redis.register_function('sb_presence_expire', presence_expire_fn)
 redis.register_function('sb_presence_list', presence_list)
 redis.register_function('sb_presence_stats', presence_stats)
 redis.register_function('sb_ack', ack)
+redis.register_function('sb_rpc_reply', rpc_reply)
 redis.register_function{function_name = 'sb_version', callback = version, flags = {'no-writes'}}

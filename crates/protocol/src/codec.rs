@@ -106,6 +106,7 @@ pub const METHODS: &[&str] = &[
     "refresh",
     "ack",
     "ping",
+    "rpc",
 ];
 
 /// Decodes one client command frame.
@@ -221,6 +222,7 @@ mod tests {
                 channel: "chat:1".into(),
                 recover: Some(StreamPosition { offset: 3, epoch: "e".into() }),
                 token: None,
+                data: None,
             }),
         };
         assert_eq!(cmd, expected);

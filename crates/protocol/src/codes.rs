@@ -4,6 +4,8 @@
 //! table, so a client needs exactly one `match` to decide what to do:
 //!
 //! * `100..=199`: errors answered to one command; the connection stays open.
+//! * `1000..=2999`: application errors a backend answered to an `rpc` (or a hook) with its
+//!   own code and message, passed through unchanged; the connection stays open.
 //! * `3000..=3499`: the server closes the connection and the client **should reconnect**
 //!   (after the advised delay, with backoff).
 //! * `3500..=3999`: the server closes the connection and the client **must not reconnect**
@@ -20,6 +22,9 @@ macro_rules! codes {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Code {
             $($(#[$doc])* $name,)*
+            /// An application error passed through from a backend (an `rpc` or a hook
+            /// answered with its own code), always in [`Code::APPLICATION`].
+            Application(u16),
         }
 
         impl Code {
@@ -28,17 +33,21 @@ macro_rules! codes {
 
             /// The numeric value sent on the wire.
             pub const fn as_u16(self) -> u16 {
-                match self { $(Code::$name => $num,)* }
+                match self { $(Code::$name => $num,)* Code::Application(value) => value }
             }
 
             /// A short snake_case name, used in logs and metric labels.
             pub const fn slug(self) -> &'static str {
-                match self { $(Code::$name => $slug,)* }
+                match self { $(Code::$name => $slug,)* Code::Application(_) => "application" }
             }
 
             /// The code with this numeric value, if it is in the table.
             pub fn from_u16(value: u16) -> Option<Code> {
-                match value { $($num => Some(Code::$name),)* _ => None }
+                match value {
+                    $($num => Some(Code::$name),)*
+                    1000..=2999 => Some(Code::Application(value)),
+                    _ => None,
+                }
             }
         }
     };
@@ -82,6 +91,11 @@ codes! {
     PayloadTooLarge = 116, "payload_too_large";
     /// A `history` position cannot be served exactly (other epoch, or trimmed).
     UnrecoverablePosition = 117, "unrecoverable_position";
+    /// The backend did not answer an `rpc` (or a hook) before the deadline. Retrying may
+    /// succeed; send the same idempotency key so that the backend can tell a retry.
+    Timeout = 118, "timeout";
+    /// No backend route serves this `rpc` method.
+    NoRoute = 119, "no_route";
 
     /// The node is shutting down or restarting; reconnect after the advised delay.
     Shutdown = 3000, "shutdown";
@@ -111,6 +125,9 @@ codes! {
 }
 
 impl Code {
+    /// The range of [`Code::Application`]: codes a backend chooses for its own errors.
+    pub const APPLICATION: std::ops::RangeInclusive<u16> = 1000..=2999;
+
     /// Whether this code closes the connection (as opposed to failing one command).
     pub const fn is_disconnect(self) -> bool {
         self.as_u16() >= 3000
@@ -124,7 +141,7 @@ impl Code {
 
     /// Whether a command that failed with this code may succeed if retried unchanged.
     pub const fn is_temporary(self) -> bool {
-        matches!(self, Code::Internal | Code::TooManyRequests | Code::Unavailable)
+        matches!(self, Code::Internal | Code::TooManyRequests | Code::Unavailable | Code::Timeout)
     }
 }
 
@@ -169,5 +186,17 @@ mod tests {
         assert!(Code::Unauthorized.is_disconnect());
         assert!(Code::Unavailable.is_temporary());
         assert!(!Code::PermissionDenied.is_temporary());
+        assert!(Code::Timeout.is_temporary());
+    }
+
+    #[test]
+    fn application_codes_pass_through_in_their_range_only() {
+        assert_eq!(Code::from_u16(1000), Some(Code::Application(1000)));
+        assert_eq!(Code::from_u16(2999).map(Code::as_u16), Some(2999));
+        assert_eq!(Code::from_u16(999), None);
+        assert_eq!(Code::from_u16(3007), None);
+        assert!(!Code::Application(1042).is_disconnect());
+        assert!(!Code::Application(1042).is_temporary());
+        assert_eq!(Code::Application(1042).slug(), "application");
     }
 }

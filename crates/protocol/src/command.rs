@@ -43,6 +43,9 @@ pub enum CommandBody {
     Ack(AckParams),
     /// Application-level ping; answered with an empty result.
     Ping(PingParams),
+    /// Call a backend method (RPC): routed by the method name to a backend service,
+    /// answered with the backend's result or error.
+    Rpc(RpcParams),
 }
 
 impl CommandBody {
@@ -59,6 +62,7 @@ impl CommandBody {
             CommandBody::Refresh(_) => "refresh",
             CommandBody::Ack(_) => "ack",
             CommandBody::Ping(_) => "ping",
+            CommandBody::Rpc(_) => "rpc",
         }
     }
 }
@@ -91,6 +95,10 @@ pub struct SubscribeParams {
     /// A subscription token granting access to this one channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Passed to the namespace's subscribe hook, when it has one (e.g. an invitation
+    /// code); ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Parameters naming one channel.
@@ -137,6 +145,20 @@ pub struct AckParams {
     pub offset: u64,
     /// Epoch of that publication.
     pub epoch: String,
+}
+
+/// Parameters of `rpc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcParams {
+    /// The backend method, e.g. `"cast_vote"`; the server routes on it.
+    pub method: String,
+    /// The request payload: any JSON value (absent means `null`).
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// Passed to the backend unchanged, so that it can recognise a retried call (the
+    /// client's offline outbox sends the same key again after a reconnect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Parameters of `refresh`.

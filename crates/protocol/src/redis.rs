@@ -93,6 +93,19 @@ pub const NODES: &str = "sb:nodes";
 /// Node registry: node id -> last heartbeat (Unix ms), sorted.
 pub const NODES_SEEN: &str = "sb:nodes:seen";
 
+/// An RPC route's request stream: entries with the fields listed in `docs/redis.md`
+/// ("RPC"), read by the backend's workers with `XREADGROUP` and answered with
+/// `FCALL sb_rpc_reply`. `route` is the route's `stream` setting.
+pub fn rpc_stream(route: &str) -> String {
+    format!("sb:rpc:{{{route}}}")
+}
+
+/// The pub/sub channel on which a node receives the replies to its RPC requests, as
+/// `<request id>\n<reply JSON>` (published by `sb_rpc_reply`).
+pub fn rpc_replies(node: &str) -> String {
+    format!("sb:rpc:reply:{node}")
+}
+
 /// The pub/sub channel a node publishes its liveness probe to (and subscribes to).
 pub fn probe(node: &str) -> String {
     format!("sb:probe:{node}")

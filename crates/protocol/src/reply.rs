@@ -81,6 +81,9 @@ pub struct SubscribeResult {
     /// Number of missed publications that follow this reply (recovery only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
+    /// Initial data from the namespace's subscribe hook, when it returned some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Result of `publish`.
@@ -92,6 +95,14 @@ pub struct PublishResult {
     /// Epoch of the stream (absent when `offset` is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+}
+
+/// Result of `rpc`: what the backend answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcResult<D = serde_json::Value> {
+    /// The backend's result (`null` when it returned none).
+    #[serde(default)]
+    pub data: D,
 }
 
 /// Result of `presence`.

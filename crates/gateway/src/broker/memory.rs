@@ -327,6 +327,16 @@ impl Broker for MemoryBroker {
         Ok(self.sink.channel_names())
     }
 
+    async fn rpc(
+        &self,
+        _stream: &str,
+        _group: &str,
+        _entry: super::RpcEntry,
+        _timeout: std::time::Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        Err(BrokerError::Unavailable("stream RPC routes need the Redis broker".into()))
+    }
+
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
         Ok(Vec::new())
     }

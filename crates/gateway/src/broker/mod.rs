@@ -171,6 +171,28 @@ pub struct Joined {
     pub acked: Option<StreamPosition>,
 }
 
+/// One RPC request as a stream route carries it (field names are the stream entry's; see
+/// `docs/redis.md`, "RPC").
+#[derive(Debug, Clone)]
+pub struct RpcEntry {
+    /// Request id, unique in the cluster (`<node>-r<n>`).
+    pub id: String,
+    /// The RPC method.
+    pub method: String,
+    /// The request payload, JSON text.
+    pub data: String,
+    /// The calling connection's id.
+    pub client: String,
+    /// The calling user (empty when anonymous).
+    pub user: String,
+    /// The connection's `info` claim, JSON text.
+    pub info: Option<String>,
+    /// The client's idempotency key, for the backend to recognise a retry.
+    pub idempotency_key: Option<String>,
+    /// When the caller stops waiting, Unix milliseconds.
+    pub deadline_ms: u64,
+}
+
 /// Presence counts of one channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PresenceStats {
@@ -263,6 +285,21 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The cluster's nodes with their stats, as the registry reports them.
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError>;
+
+    /// Adds `entry` to the RPC request stream `stream` (consumer group `group`, created if
+    /// missing) and waits up to `timeout` for the backend's reply (JSON text). `Ok(None)`
+    /// when no reply came in time.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the request cannot be written, or when the broker
+    /// has no streams (the embedded broker; configuration refuses such routes).
+    async fn rpc(
+        &self,
+        stream: &str,
+        group: &str,
+        entry: RpcEntry,
+        timeout: std::time::Duration,
+    ) -> Result<Option<String>, BrokerError>;
 
     /// Whether the broker can currently serve requests (feeds `/readyz`).
     fn is_ready(&self) -> bool;

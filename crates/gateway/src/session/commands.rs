@@ -11,7 +11,10 @@ use switchboard_protocol::{
     command::{
         AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
     },
-    reply::{ConnectResult, Empty, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult},
+    reply::{
+        ConnectResult, Empty, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult,
+        SubscribeResult,
+    },
     ClientInfo, Code, Command, CommandBody, StreamPosition,
 };
 
@@ -43,6 +46,7 @@ impl Session {
             CommandBody::History(params) => self.history(id, params).await,
             CommandBody::Refresh(params) => self.refresh(id, params),
             CommandBody::Ack(params) => self.ack(id, params).await,
+            CommandBody::Rpc(params) => self.rpc(id, params),
             CommandBody::Ping(_) => {
                 self.reply(id, Empty {});
                 Ok(())
@@ -53,7 +57,7 @@ impl Session {
         }
     }
 
-    fn identity(&self) -> &Identity {
+    pub(super) fn identity(&self) -> &Identity {
         // `handle` refuses every command but `connect` before `connect` succeeded.
         self.identity.as_ref().unwrap_or_else(|| unreachable!("checked in handle"))
     }
@@ -157,8 +161,12 @@ impl Session {
             ));
         }
         self.authorize(&params.channel, &namespace, params.token.as_deref())?;
+        let initial = match namespace.config.subscribe_hook {
+            true => self.subscribe_hook(&params.channel, params.data).await?,
+            false => None,
+        };
         let joining = self.join(&params.channel, &namespace, params.recover.into()).await?;
-        self.reply(id, joining.result.clone());
+        self.reply(id, SubscribeResult { data: initial, ..joining.result.clone() });
         self.go_live(joining).await;
         Ok(())
     }
@@ -198,6 +206,13 @@ impl Session {
     fn authorize_access(&self, channel: &str, namespace: &Namespace) -> Result<(), CommandError> {
         if self.subscriptions.contains_key(channel) {
             return Ok(());
+        }
+        if namespace.config.subscribe_hook {
+            // Only the hook knows who may be here, and it answers subscriptions.
+            return Err(CommandError::refused(
+                Code::PermissionDenied,
+                "subscribe first: this namespace's subscribe hook decides who may access it",
+            ));
         }
         self.authorize(channel, namespace, None)
     }
@@ -294,6 +309,10 @@ impl Session {
             ));
         }
         self.authorize_access(&params.channel, &namespace)?;
+        let mut params = params;
+        if namespace.config.publish_hook {
+            self.publish_hook(&mut params).await?;
+        }
         let data =
             serde_json::value::to_raw_value(&params.data).map_err(switchboard_protocol::CodecError::from)?;
         let publication = NewPublication {

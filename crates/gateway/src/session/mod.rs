@@ -8,6 +8,8 @@
 //! broker interest, presence) and removes the connection from the node's counters.
 
 mod commands;
+mod hooks;
+mod rpc;
 mod writer;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -142,6 +144,8 @@ pub(crate) struct Session {
     bearer: Option<String>,
     identity: Option<Identity>,
     subscriptions: HashMap<String, Arc<Namespace>>,
+    /// Bounds the `rpc` calls waiting at once; created on the first call.
+    rpc_gate: Option<Arc<tokio::sync::Semaphore>>,
     bucket: TokenBucket,
     started: Instant,
     last_seen: Instant,
@@ -172,6 +176,7 @@ impl Session {
             bearer,
             identity: None,
             subscriptions: HashMap::new(),
+            rpc_gate: None,
             bucket,
             started: now,
             last_seen: now,

@@ -46,6 +46,7 @@ impl Resume {
             offset: top,
             recovered,
             missed,
+            data: None,
         };
         match self {
             Resume::Live => (result(None, None), Vec::new()),

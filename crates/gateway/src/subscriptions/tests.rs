@@ -301,6 +301,15 @@ impl Broker for Scripted {
     async fn nodes(&self) -> Result<Vec<Value>, BrokerError> {
         self.inner.nodes().await
     }
+    async fn rpc(
+        &self,
+        stream: &str,
+        group: &str,
+        entry: crate::broker::RpcEntry,
+        timeout: std::time::Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        self.inner.rpc(stream, group, entry, timeout).await
+    }
     fn is_ready(&self) -> bool {
         !matches!(self.join, OnJoin::Fail)
     }

@@ -10,6 +10,7 @@
 //! is unreachable (the session answers 115 `unavailable`), and client WebSockets stay up.
 
 mod registry;
+mod rpc;
 mod subscriber;
 pub mod wire;
 
@@ -30,7 +31,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Broker, BrokerError, Control, EventSink, HistoryPage, JoinFrom, JoinRequest, Joined, NewPublication,
-    PresenceStats, Publication, Since,
+    PresenceStats, Publication, RpcEntry, Since,
 };
 use crate::{
     channel::{ChannelRules, StreamOptions},
@@ -58,6 +59,10 @@ pub(crate) struct RedisShared {
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     rules: Arc<ChannelRules>,
+    /// RPC requests of this node waiting for their reply.
+    rpc: rpc::RpcWaiters,
+    /// `rpc.stream_max_len`: request streams are trimmed to about this many entries.
+    rpc_max_len: u64,
 }
 
 /// A flag that is set while `client`'s connection is known to be down: fred broadcasts a
@@ -122,6 +127,7 @@ impl RedisBroker {
         sink: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
         rules: Arc<ChannelRules>,
+        rpc_max_len: u64,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let mut redis_config = Config::from_url(&config.url)?;
         redis_config.fail_fast = true;
@@ -157,6 +163,8 @@ impl RedisBroker {
             sink,
             metrics,
             rules,
+            rpc: rpc::RpcWaiters::default(),
+            rpc_max_len,
         });
         // Event receivers are taken before connecting so that the first connection's
         // event (load functions, subscribe) is not missed.
@@ -636,6 +644,16 @@ impl Broker for RedisBroker {
             live.iter().filter_map(|l| keys::channel_of_live(l)).map(str::to_string).collect();
         channels.sort_unstable();
         Ok(channels)
+    }
+
+    async fn rpc(
+        &self,
+        stream: &str,
+        group: &str,
+        entry: RpcEntry,
+        timeout: Duration,
+    ) -> Result<Option<String>, BrokerError> {
+        self.shared.rpc(stream, group, entry, timeout).await
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {

@@ -69,7 +69,9 @@ impl Subscriber {
         let started = Instant::now();
         let probe_seen_ms = Arc::new(AtomicU64::new(0));
         let probe_channel = keys::probe(&shared.node_id);
-        tokio::spawn(interest_loop(client.clone(), ops_rx, reader_tx, shared.clone(), probe_channel.clone()));
+        let rpc_channel = keys::rpc_replies(&shared.node_id);
+        let raw = vec![probe_channel.clone(), rpc_channel.clone()];
+        tokio::spawn(interest_loop(client.clone(), ops_rx, reader_tx, shared.clone(), raw));
         let reader = Reader::new(shared.clone(), probe_channel.clone(), probe_seen_ms.clone(), started);
         tokio::spawn(reader.run(client.message_rx(), reader_rx));
         let mut reconnects = client.reconnect_rx();
@@ -87,6 +89,11 @@ impl Subscriber {
             }
         });
         let subscriber = Subscriber { client, ops, started, probe_seen_ms };
+        // The node's RPC replies arrive on a permanent subscription of its own.
+        let (tx, _rx) = oneshot::channel();
+        if let Err(error) = subscriber.ops.try_send(Op::Subscribe(rpc_channel, tx)) {
+            tracing::error!(%error, "cannot subscribe the RPC reply channel");
+        }
         subscriber.spawn_probe(shared, probe_channel);
         subscriber
     }
@@ -171,7 +178,7 @@ async fn interest_loop(
     mut ops: mpsc::Receiver<Op>,
     reader: mpsc::Sender<ReaderCommand>,
     shared: Arc<RedisShared>,
-    probe_channel: String,
+    raw: Vec<String>,
 ) {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut subscribed: HashSet<String> = HashSet::new();
@@ -226,7 +233,7 @@ async fn interest_loop(
 
         let mut failure = None;
         for chunk in to_subscribe.chunks(512) {
-            let names: Vec<String> = chunk.iter().map(|c| live_name(c, &probe_channel)).collect();
+            let names: Vec<String> = chunk.iter().map(|c| live_name(c, &raw)).collect();
             match client.subscribe(names).await {
                 Ok(()) => subscribed.extend(chunk.iter().cloned()),
                 Err(error) => {
@@ -245,14 +252,14 @@ async fn interest_loop(
             retry_resync = failure.is_some();
             if failure.is_none() {
                 shared.metrics.broker_resyncs.inc();
-                let channels: Vec<String> = counts.keys().filter(|c| **c != probe_channel).cloned().collect();
+                let channels: Vec<String> = counts.keys().filter(|c| !raw.contains(c)).cloned().collect();
                 if reader.send(ReaderCommand::CatchUp(channels)).await.is_err() {
                     return;
                 }
             }
         }
         if !to_unsubscribe.is_empty() {
-            let names: Vec<String> = to_unsubscribe.iter().map(|c| live_name(c, &probe_channel)).collect();
+            let names: Vec<String> = to_unsubscribe.iter().map(|c| live_name(c, &raw)).collect();
             if let Err(error) = client.unsubscribe(names).await {
                 // A broken connection drops every subscription anyway; resync subscribes
                 // only channels that still have local subscribers.
@@ -278,9 +285,10 @@ async fn interest_loop(
     }
 }
 
-/// The Redis pub/sub channel for a Switchboard channel (the probe channel is used as is).
-fn live_name(channel: &str, probe_channel: &str) -> String {
-    if channel == probe_channel {
+/// The Redis pub/sub channel for a Switchboard channel (the node's own probe and RPC reply
+/// channels, `raw`, are used as they are).
+fn live_name(channel: &str, raw: &[String]) -> String {
+    if raw.iter().any(|name| name == channel) {
         channel.to_string()
     } else {
         keys::live(channel)

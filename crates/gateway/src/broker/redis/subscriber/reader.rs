@@ -192,6 +192,12 @@ impl Reader {
             self.probe_seen_ms.store(self.started.elapsed().as_millis().max(1) as u64, Ordering::Release);
             return;
         }
+        if message.channel.starts_with("sb:rpc:reply:") {
+            if let Some(payload) = message.value.as_bytes() {
+                self.shared.complete_rpc(payload);
+            }
+            return;
+        }
         let Some(channel) = keys::channel_of_live(&message.channel) else { return };
         // The name is shared with the channel's state: no allocation per message.
         let channel: Arc<str> = match self.channels.get_key_value(channel) {

@@ -1,0 +1,77 @@
+//! The `rpc` command. Each call runs in its own task, so that a backend taking seconds
+//! never holds up the connection's other commands (or its pings); its reply is queued
+//! whenever it comes, matched by the command id. A connection may have at most
+//! `rpc.max_in_flight_per_connection` calls waiting; a closed connection abandons its
+//! calls (a stream route's late reply is then dropped and counted).
+
+use std::sync::Arc;
+
+use switchboard_protocol::{codec, command::RpcParams, reply::RpcResult, Code, Encoding, ErrorBody, Reply};
+use tokio::sync::Semaphore;
+
+use super::Session;
+use crate::{error::CommandError, hub::to_frame, rpc::Call};
+
+impl Session {
+    pub(super) fn rpc(&mut self, id: u64, params: RpcParams) -> Result<(), CommandError> {
+        let max = self.node.config.rpc.max_in_flight_per_connection;
+        // Created on the first call: most connections never make one.
+        let gate = self.rpc_gate.get_or_insert_with(|| Arc::new(Semaphore::new(max))).clone();
+        let Ok(permit) = gate.try_acquire_owned() else {
+            return Err(CommandError::refused(
+                Code::LimitExceeded,
+                format!("at most {max} rpc calls may wait at once on one connection"),
+            ));
+        };
+        let identity = self.identity();
+        let call = Call {
+            method: params.method,
+            data: params.data,
+            idempotency_key: params.idempotency_key,
+            client: self.client_id.clone(),
+            user: identity.user.clone(),
+            info: identity.claims.info.clone(),
+        };
+        let (node, outbox, control, encoding) =
+            (self.node.clone(), self.outbox.clone(), self.control.clone(), self.encoding);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = tokio::select! {
+                () = control.closed() => return,
+                outcome = node.rpc.call(call) => outcome,
+            };
+            let encoded = match outcome {
+                Ok(data) => {
+                    codec::encode(encoding, &Reply { id, result: Some(RpcResult { data }), error: None })
+                }
+                Err(error) => {
+                    let code = error.code();
+                    node.metrics.command_errors.with_label_values(&[code.slug()]).inc();
+                    encode_error(encoding, id, code, error.to_string())
+                }
+            };
+            let bytes = encoded.or_else(|error| {
+                tracing::error!(%error, "cannot encode an rpc reply");
+                encode_error(encoding, id, Code::Internal, format!("the reply cannot be encoded: {error}"))
+            });
+            match bytes {
+                Ok(bytes) => {
+                    // A full queue closes the connection (slow consumer) itself.
+                    outbox.push_now(to_frame(encoding, &bytes));
+                }
+                Err(error) => tracing::error!(%error, "cannot encode an rpc error reply"),
+            }
+        });
+        Ok(())
+    }
+}
+
+fn encode_error(
+    encoding: Encoding,
+    id: u64,
+    code: Code,
+    message: String,
+) -> Result<bytes::Bytes, codec::CodecError> {
+    let reply: Reply<()> = Reply { id, result: None, error: Some(ErrorBody::new(code, message)) };
+    codec::encode(encoding, &reply)
+}
