@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/broadcast"),
     ("POST", "/api/v1/users/publish"),
     ("POST", "/api/v1/users/disconnect"),
+    ("POST", "/api/v1/users/subscribe"),
     ("POST", "/api/v1/users/unsubscribe"),
     ("GET", "/api/v1/presence"),
     ("GET", "/api/v1/presence_stats"),
@@ -134,6 +135,7 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/api/v1/broadcast", post(broadcast))
         .route("/api/v1/users/publish", post(publish_to_user))
         .route("/api/v1/users/disconnect", post(disconnect_user))
+        .route("/api/v1/users/subscribe", post(subscribe_user))
         .route("/api/v1/users/unsubscribe", post(unsubscribe_user))
         .route("/api/v1/presence", get(presence))
         .route("/api/v1/presence_stats", get(presence_stats))
@@ -331,6 +333,33 @@ async fn disconnect_user(
     let reason = request.reason.unwrap_or_else(|| "disconnected by the server".into());
     send_control(&node, &request.user, Control::Disconnect { reason }).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"user": request.user}))))
+}
+
+/// Body of `POST /api/v1/users/subscribe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeRequest {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    recover: Option<switchboard_protocol::StreamPosition>,
+}
+
+/// Subscribes every connection of a user, on every node, to a channel (server-side: no
+/// namespace policy or hook is asked; the backend decided).
+async fn subscribe_user(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<SubscribeRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let request = json_body(body)?;
+    node.rules.resolve(&request.channel)?;
+    send_control(
+        &node,
+        &request.user,
+        Control::Subscribe { channel: request.channel.clone(), recover: request.recover },
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"user": request.user, "channel": request.channel}))))
 }
 
 /// Body of `POST /api/v1/users/unsubscribe`.

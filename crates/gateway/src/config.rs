@@ -188,6 +188,14 @@ pub struct AuthConfig {
     pub refresh_ahead_secs: u64,
     /// How long after `exp` an unrefreshed connection stays open, in seconds. Default 30.
     pub expired_grace_secs: u64,
+    /// Authenticate a `connect` that carries no token by asking the backend: the RPC
+    /// method `sb.connect`, routed by `[[rpc.routes]]`, answers the user, info, expiry
+    /// and channels to subscribe. A `connect` with a token is verified as a JWT, without
+    /// the hook. Default false.
+    pub connect_hook: bool,
+    /// Request headers of the WebSocket upgrade passed to the connect hook (lower case),
+    /// e.g. the session cookie. Default `["cookie", "origin", "user-agent"]`.
+    pub connect_hook_headers: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -205,6 +213,8 @@ impl Default for AuthConfig {
             auth_timeout_ms: 10_000,
             refresh_ahead_secs: 60,
             expired_grace_secs: 30,
+            connect_hook: false,
+            connect_hook_headers: vec!["cookie".into(), "origin".into(), "user-agent".into()],
         }
     }
 }
@@ -444,6 +454,8 @@ impl NamespaceConfig {
     }
 }
 
+/// The RPC method of the connect hook.
+pub const CONNECT_HOOK: &str = "sb.connect";
 /// The RPC method of namespaces' subscribe hooks.
 pub const SUBSCRIBE_HOOK: &str = "sb.subscribe";
 /// The RPC method of namespaces' publish hooks.
@@ -522,6 +534,11 @@ impl Config {
             return Err(ConfigError::Invalid("heartbeat.ping_interval_ms must be positive".into()));
         }
         self.rpc.validate(self.broker.url.starts_with("redis://"))?;
+        if self.auth.connect_hook && !self.rpc.routes.iter().any(|route| route.matches(CONNECT_HOOK)) {
+            return Err(ConfigError::Invalid(format!(
+                "auth.connect_hook is on but no rpc route serves `{CONNECT_HOOK}`"
+            )));
+        }
         for ns in &self.namespaces {
             for (enabled, method) in [(ns.subscribe_hook, SUBSCRIBE_HOOK), (ns.publish_hook, PUBLISH_HOOK)] {
                 if enabled && !self.rpc.routes.iter().any(|route| route.matches(method)) {

@@ -107,17 +107,31 @@ async fn websocket(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_string());
+    let hook_context =
+        node.config.auth.connect_hook.then(|| Box::new(connect_hook_context(&node, headers, remote)));
     let upgrade = Upgrade::accept(&mut request)?;
     let (response, upgraded) = upgrade.respond(offered.map(Encoding::subprotocol));
     let encoding = offered.unwrap_or(Encoding::Json);
     let tracker = node.sessions.clone();
     tokio::spawn(tracker.track_future(async move {
         match upgraded.await {
-            Ok(socket) => session::run(node, socket, encoding, bearer, remote).await,
+            Ok(socket) => session::run(node, socket, encoding, bearer, hook_context, remote).await,
             Err(error) => tracing::debug!(%error, %remote, "WebSocket upgrade did not complete"),
         }
     }));
     Ok(response)
+}
+
+/// What the connect hook is told about the upgrade request: the configured headers
+/// (absent ones left out) and the client's address.
+fn connect_hook_context(node: &Node, headers: &HeaderMap, remote: SocketAddr) -> serde_json::Value {
+    let mut passed = serde_json::Map::new();
+    for name in &node.config.auth.connect_hook_headers {
+        if let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            passed.insert(name.clone(), value.into());
+        }
+    }
+    serde_json::json!({ "headers": passed, "remote": remote.ip().to_string() })
 }
 
 /// The first Switchboard subprotocol the client offers in `Sec-WebSocket-Protocol`, in

@@ -409,6 +409,12 @@ impl Hub {
                     reconnect_after_ms: None,
                     flush_queue: true,
                 }),
+                Control::Subscribe { channel, recover } => {
+                    connection.command(SessionCommand::Subscribe {
+                        channel: channel.clone(),
+                        recover: recover.clone(),
+                    });
+                }
                 Control::Unsubscribe { channel, reason } => {
                     connection.command(SessionCommand::Unsubscribe {
                         channel: channel.clone(),

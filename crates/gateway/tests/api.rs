@@ -242,6 +242,14 @@ async fn authentication_and_bad_input() {
         ("/api/v1/broadcast", json!({"channels": [], "data": 1}), 400, "bad_request"),
         ("/api/v1/users/publish", json!({"user": "has space", "data": 1}), 400, "invalid_channel"),
         ("/api/v1/users/unsubscribe", json!({"user": "nobody", "channel": "news"}), 404, "unknown_user"),
+        ("/api/v1/users/subscribe", json!({"user": "nobody", "channel": "news"}), 404, "unknown_user"),
+        ("/api/v1/users/subscribe", json!({"user": "u", "channel": "nope:x"}), 400, "unknown_namespace"),
+        (
+            "/api/v1/users/subscribe",
+            json!({"user": "u", "channel": "news", "recover": {"offset": -1}}),
+            400,
+            "bad_request",
+        ),
     ];
     for (path, body, status, code) in cases {
         let (got, answer) = call(&server, "POST", path, Some(KEY), Some(body.clone())).await;

@@ -489,6 +489,83 @@ async fn http_api_acts_on_a_user_connected_to_another_node() {
     assert_eq!(info["broker"], "redis");
 }
 
+/// The next `subscribe` push, skipping join/leave events.
+async fn subscribe_push(client: &mut Client) -> switchboard_protocol::reply::SubscribeResult {
+    loop {
+        match client.push().await {
+            Push::Subscribe(result) => return result,
+            Push::Join(_) | Push::Leave(_) => continue,
+            other => panic!("expected a subscribe push, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_subscribes_every_connection_of_a_user_on_every_node() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = start_nodes(&redis, 2);
+    let mut phone = connect_url(&nodes[0].ws_url(), "u7", Encoding::Json).await;
+    let mut laptop = connect_url(&nodes[1].ws_url(), "u7", Encoding::MsgPack).await;
+    let mut other = connect_url(&nodes[1].ws_url(), "u8", Encoding::Json).await;
+    let publisher = switchboard_publisher::Publisher::connect(&redis.url()).await.unwrap();
+    let tick = switchboard_publisher::PublishOptions::event("tick");
+    // Two publications the user's devices saw the first of, before the backend attached them.
+    let first = publisher.publish("chat:portfolio-u7", &json!({"n": 1}), &tick).await.unwrap();
+    publisher.publish("chat:portfolio-u7", &json!({"n": 2}), &tick).await.unwrap();
+    let epoch = first.epoch.unwrap();
+
+    // Through the HTTP API of a node that holds neither connection of the user...
+    let body =
+        json!({"user": "u7", "channel": "chat:portfolio-u7", "recover": {"offset": 1, "epoch": epoch}});
+    let addr = nodes[0].addr();
+    let (status, response) = tokio::task::spawn_blocking(move || {
+        let key = [("X-API-Key", fixture::cluster::API_KEY)];
+        switchboard_testkit::http(
+            addr,
+            "POST",
+            "/api/v1/users/subscribe",
+            &key,
+            Some(body.to_string().as_bytes()),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{response}");
+    for device in [&mut phone, &mut laptop] {
+        let subscribed = subscribe_push(device).await;
+        assert_eq!((subscribed.channel.as_str(), subscribed.recovered), ("chat:portfolio-u7", Some(true)));
+        assert_eq!(device.publication().await.data, json!({"n": 2}));
+    }
+    publisher.publish("chat:portfolio-u7", &json!({"n": 3}), &tick).await.unwrap();
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(device.publication().await.data, json!({"n": 3}));
+    }
+    // ...and through the publisher crate, straight into Redis; a second subscribe of the
+    // same channel changes nothing.
+    assert!(publisher.subscribe_user("u7", "chat:alerts-u7", None).await.unwrap());
+    assert!(publisher.subscribe_user("u7", "chat:portfolio-u7", None).await.unwrap());
+    for device in [&mut phone, &mut laptop] {
+        let subscribed = subscribe_push(device).await;
+        assert_eq!((subscribed.channel.as_str(), subscribed.recovered), ("chat:alerts-u7", None));
+    }
+    publisher.publish("chat:alerts-u7", &json!("margin"), &tick).await.unwrap();
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(device.publication().await.data, json!("margin"));
+        device.silent_for(Duration::from_millis(300)).await;
+    }
+    other.silent_for(Duration::from_millis(100)).await;
+    // The same operator commands from the crate, and an unknown user.
+    assert!(publisher.unsubscribe_user("u7", "chat:alerts-u7", "plan changed").await.unwrap());
+    match phone.push().await {
+        Push::Unsubscribe(unsubscribed) => assert_eq!(unsubscribed.reason, "plan changed"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!publisher.subscribe_user("nobody", "chat:x", None).await.unwrap());
+    assert!(publisher.disconnect_user("u8", "bye").await.unwrap());
+    assert_eq!(other.closed().await.0.unwrap().code, Code::ForceDisconnect);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publications_during_a_pub_sub_reconnect_are_caught_up() {
     let _serial = SERIAL.lock().await;

@@ -1,6 +1,6 @@
-//! Namespace hooks through an HTTP route, on one node: the backend decides on
-//! subscriptions (membership, initial data) and on client publications (store, stamp,
-//! reject) before they happen.
+//! Hooks through an HTTP route, on one node: the backend decides who a token-less
+//! connection is (connect hook), on subscriptions (membership, initial data) and on
+//! client publications (store, stamp, reject) before they happen.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -9,14 +9,18 @@ mod fixture;
 use std::time::Duration;
 
 use axum::{routing::post, Json, Router};
-use fixture::{config, TestServer};
+use fixture::{config, Client, TestServer};
 use serde_json::{json, Value};
 use switchboard_gateway::config::{NamespaceConfig, RpcRoute};
 use switchboard_protocol::{Code, Encoding, Push};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
 
 async fn backend(Json(request): Json<Value>) -> String {
     let (method, user, data) =
         (request["method"].as_str().unwrap(), request["user"].as_str().unwrap(), &request["data"]);
+    if method == "sb.connect" {
+        return connect_hook(data).await.to_string();
+    }
     let answer = match (method, data["channel"].as_str().unwrap_or_default()) {
         ("sb.subscribe", "club:members") if user == "ann" => {
             json!({"result": {"data": {"welcome": "hi ann"}}})
@@ -41,6 +45,29 @@ async fn backend(Json(request): Json<Value>) -> String {
     answer.to_string()
 }
 
+/// The connect hook: a session cookie, or a session id sent in `connect.data`.
+async fn connect_hook(request: &Value) -> Value {
+    let cookie = request["headers"]["cookie"].as_str().unwrap_or_default();
+    let session = request["data"]["session"].as_str().unwrap_or_default();
+    assert_eq!(request["remote"], "127.0.0.1");
+    match (cookie, session) {
+        ("sid=ann-session", _) | (_, "ann-session") => json!({"result": {
+            "user": "ann",
+            "info": {"name": "Ann"},
+            "channels": ["club:open", "open:portfolio-ann"],
+        }}),
+        (_, "anonymous") => json!({"result": {"user": ""}}),
+        (_, "expired") => json!({"error": {"code": 1401, "message": "session expired"}}),
+        (_, "slow") => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            json!({"result": {"user": "late"}})
+        }
+        (_, "garbled") => json!({"result": {"user": 5}}),
+        (_, "bad-channel") => json!({"result": {"user": "ann", "channels": ["nope:x"]}}),
+        _ => json!({"error": {"code": 1400, "message": "no session"}}),
+    }
+}
+
 async fn server() -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -61,6 +88,7 @@ async fn server() -> TestServer {
         timeout_ms: Some(1000),
         ..RpcRoute::default()
     }];
+    config.auth.connect_hook = true;
     TestServer::start(config).await
 }
 
@@ -135,4 +163,80 @@ async fn a_hook_without_a_route_is_a_configuration_error() {
     });
     let error = config.normalize().unwrap_err().to_string();
     assert!(error.contains("sb.publish"), "{error}");
+}
+
+#[tokio::test]
+async fn the_connect_hook_admits_a_cookie_or_session_and_subscribes_its_channels() {
+    let server = server().await;
+    // A publication the connection missed before it connected, to recover at connect.
+    let mut ann = server.connect("ann", Encoding::Json).await;
+    ann.ok("subscribe", json!({"channel": "open:portfolio-ann"})).await;
+    let first = ann.ok("publish", json!({"channel": "open:portfolio-ann", "data": 1})).await;
+    let epoch = first["epoch"].clone();
+    ann.ok("publish", json!({"channel": "open:portfolio-ann", "data": 2})).await;
+
+    // The cookie of the upgrade request, no token anywhere.
+    let mut request = server.url().into_client_request().unwrap();
+    request.headers_mut().insert("Cookie", HeaderValue::from_static("sid=ann-session"));
+    let mut by_cookie = Client::open(request, Encoding::Json).await;
+    let connected = by_cookie
+        .ok("connect", json!({"channels": {"open:portfolio-ann": {"offset": 1, "epoch": epoch}}}))
+        .await;
+    assert_eq!(connected["user"], "ann");
+    let channels: Vec<&str> = connected["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["user:ann", "club:open", "open:portfolio-ann"]);
+    assert_eq!(connected["subscriptions"][2]["recovered"], true);
+    let missed = by_cookie.publication().await;
+    assert_eq!((missed.offset, missed.data), (Some(2), json!(2)));
+    // Live, and the hook's `info` is the connection's identity in presence.
+    ann.ok("subscribe", json!({"channel": "club:open"})).await;
+    ann.ok("publish", json!({"channel": "club:open", "data": {"text": "hi"}})).await;
+    assert_eq!(by_cookie.publication().await.data, json!({"text": "hi", "id": 42}));
+    let presence = by_cookie.ok("presence", json!({"channel": "club:open"})).await;
+    let infos: Vec<&Value> = presence["clients"].as_array().unwrap().iter().map(|c| &c["info"]).collect();
+    assert!(infos.contains(&&json!({"name": "Ann"})), "{presence}");
+
+    // A session id in `connect.data`; an empty user is an anonymous connection.
+    let mut by_data = server.open(Encoding::MsgPack).await;
+    assert_eq!(by_data.ok("connect", json!({"data": {"session": "ann-session"}})).await["user"], "ann");
+    let mut anonymous = server.open(Encoding::Json).await;
+    let connected = anonymous.ok("connect", json!({"data": {"session": "anonymous"}})).await;
+    assert_eq!(
+        (connected["user"].as_str(), connected["subscriptions"].as_array().unwrap().len()),
+        (Some(""), 0)
+    );
+    // A token still works, without the hook.
+    server.connect("bob", Encoding::Json).await.ok("ping", Value::Null).await;
+}
+
+#[tokio::test]
+async fn a_connect_hook_that_denies_fails_or_answers_garbage_refuses_the_connection() {
+    let server = server().await;
+    let cases = [
+        ("expired", Code::Application(1401), Some(3501)),
+        ("slow", Code::Timeout, Some(3006)),
+        ("garbled", Code::Internal, Some(3006)),
+        ("bad-channel", Code::Internal, Some(3006)),
+    ];
+    for (session, code, close) in cases {
+        let mut client = server.open(Encoding::Json).await;
+        let error = client.err("connect", json!({"data": {"session": session}})).await;
+        assert_eq!(error.code, code, "{session}: {}", error.message);
+        assert_eq!(client.closed().await.1.code(), close, "{session}");
+    }
+    let metrics = server.http_get("/metrics").await.1;
+    assert!(metrics.contains(r#"switchboard_auth_failures_total{reason="connect_hook"} 4"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_connect_hook_needs_a_route() {
+    let mut config = config();
+    config.auth.connect_hook = true;
+    let error = config.normalize().unwrap_err().to_string();
+    assert!(error.contains("sb.connect"), "{error}");
 }

@@ -82,6 +82,14 @@ pub struct ConnectParams {
     /// subscribes every connection itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recover: Option<StreamPosition>,
+    /// Passed to the connect hook, when the server has one and no token was sent (e.g. a
+    /// session id); ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Recovery positions for the channels the connect hook subscribes this connection to,
+    /// by channel name (as the client last saw them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<std::collections::BTreeMap<String, StreamPosition>>,
 }
 
 /// Parameters of `subscribe`.

@@ -288,6 +288,58 @@ impl Publisher {
         self.publish(&channel::personal(user), data, options).await
     }
 
+    /// Subscribes every connection of `user`, on every node, to `channel`, server-side
+    /// (no namespace policy or hook is asked: the backend decided). With `recover`, the
+    /// connections first receive what was published after that position. Returns whether
+    /// the user had a connection anywhere (`false`: nobody was subscribed).
+    ///
+    /// # Errors
+    /// [`PublishError::InvalidChannel`] for a malformed channel; Redis failures.
+    pub async fn subscribe_user(
+        &self,
+        user: &str,
+        channel_name: &str,
+        recover: Option<&switchboard_protocol::StreamPosition>,
+    ) -> Result<bool, PublishError> {
+        channel::namespace_of(channel_name, channel::DEFAULT_MAX_LENGTH)
+            .map_err(|why| PublishError::InvalidChannel { channel: channel_name.to_string(), why })?;
+        let control = serde_json::json!({"c": {"subscribe": {"channel": channel_name, "recover": recover}}});
+        self.control(user, &control).await
+    }
+
+    /// Unsubscribes every connection of `user`, on every node, from `channel`; they get
+    /// an `unsubscribe` push with `reason`. Returns whether the user had a connection.
+    ///
+    /// # Errors
+    /// Redis failures.
+    pub async fn unsubscribe_user(
+        &self,
+        user: &str,
+        channel_name: &str,
+        reason: &str,
+    ) -> Result<bool, PublishError> {
+        let control = serde_json::json!({"c": {"unsubscribe": {"channel": channel_name, "reason": reason}}});
+        self.control(user, &control).await
+    }
+
+    /// Disconnects every connection of `user`, on every node (close code 3504).
+    ///
+    /// # Errors
+    /// Redis failures.
+    pub async fn disconnect_user(&self, user: &str, reason: &str) -> Result<bool, PublishError> {
+        self.control(user, &serde_json::json!({"c": {"disconnect": {"reason": reason}}})).await
+    }
+
+    /// Sends an operator command to the nodes holding `user`'s connections: they listen
+    /// on the user's personal live channel.
+    async fn control(&self, user: &str, control: &serde_json::Value) -> Result<bool, PublishError> {
+        let live = keys::live(&channel::personal(user));
+        let mut connection = self.connection.clone();
+        let receivers: i64 =
+            redis::cmd("PUBLISH").arg(live).arg(control.to_string()).query_async(&mut connection).await?;
+        Ok(receivers > 0)
+    }
+
     /// Publishes a typed domain event to its channel.
     ///
     /// # Errors

@@ -80,6 +80,15 @@ pub enum Control {
         /// Shown to the client in the disconnect push.
         reason: String,
     },
+    /// Subscribe the connections to a channel (they get a `subscribe` push, then the
+    /// publications after `recover` when given).
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// Where to resume: the position the backend last gave the user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover: Option<switchboard_protocol::StreamPosition>,
+    },
     /// Unsubscribe the connections from a channel (they get an `unsubscribe` push).
     Unsubscribe {
         /// The channel.

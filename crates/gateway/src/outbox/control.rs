@@ -35,6 +35,13 @@ pub struct CloseRequest {
 /// A request for the session itself (its reader task), from outside the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionCommand {
+    /// Join a channel server-side and tell the client with a `subscribe` push.
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// Where to resume, when the backend knows.
+        recover: Option<switchboard_protocol::StreamPosition>,
+    },
     /// Leave a channel and tell the client with an `unsubscribe` push.
     Unsubscribe {
         /// The channel.

@@ -11,6 +11,7 @@ use switchboard_protocol::{
     command::{
         AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
     },
+    push::Push,
     reply::{
         ConnectResult, Empty, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult,
         SubscribeResult,
@@ -26,6 +27,7 @@ use crate::{
     config::SubscribePolicy,
     error::CommandError,
     hub::{history_reply, publication_frame, Epoch},
+    rpc::RpcError,
     subscriptions::{Joining, Member, Resume},
 };
 
@@ -75,10 +77,18 @@ impl Session {
         if self.identity.is_some() {
             return Err(CommandError::refused(Code::AlreadyConnected, "already connected"));
         }
+        let mut hooked = Vec::new();
         let claims = match params.token.or_else(|| self.bearer.take()) {
             Some(token) => match self.node.verifier.verify_connection(&token) {
                 Ok(claims) => claims,
                 Err(error) => return self.refuse_connect(id, error),
+            },
+            None if self.node.config.auth.connect_hook => match self.connect_hook(params.data).await {
+                Ok(admitted) => {
+                    hooked = admitted.channels;
+                    admitted.claims
+                }
+                Err(error) => return self.refuse_by_hook(id, error),
             },
             None if self.node.config.auth.allow_anonymous => Default::default(),
             None => {
@@ -86,6 +96,7 @@ impl Session {
                     .refuse_connect(id, AuthError::Claim("no token in connect or Authorization header"))
             }
         };
+        self.hook_context = None;
         let user = claims.sub.clone().unwrap_or_default();
         let personal = (!user.is_empty()).then(|| personal_channel(&user));
         if let Some(channel) = &personal {
@@ -102,19 +113,38 @@ impl Session {
         }
         tracing::Span::current().record("user", user.as_str());
         self.identity = Some(Identity { user, expires_at: claims.exp, claims, refresh_sent: false });
-        let joining = match personal {
-            Some(channel) => match self.join_personal(&channel, params.recover).await {
-                Ok(joining) => Some(joining),
+        // The server's own subscriptions: the personal channel, then the hook's channels.
+        let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
+        if let Some(channel) = personal {
+            wanted.push((channel, params.recover));
+        }
+        let mut positions = params.channels.unwrap_or_default();
+        for channel in hooked {
+            if !wanted.iter().any(|(known, _)| *known == channel) {
+                let position = positions.remove(&channel);
+                wanted.push((channel, position));
+            }
+        }
+        let mut joinings = Vec::with_capacity(wanted.len());
+        for (channel, position) in wanted {
+            match self.join_server_side(&channel, position).await {
+                Ok(joining) => joinings.push(joining),
                 Err(error) => {
-                    // Without its personal channel the connection would silently miss
-                    // notifications: refuse it and let the client retry.
+                    // Without one of them the connection would silently miss messages:
+                    // refuse it (nothing stays joined) and let the client retry.
+                    for joining in &joinings {
+                        let client = self.client_info();
+                        self.node
+                            .subscriptions
+                            .leave(&joining.channel, &joining.namespace, self.conn, &client)
+                            .await;
+                    }
                     self.reply_error(id, &error);
-                    self.close(Code::ServerError, "cannot subscribe the personal channel", None, true);
+                    self.close(Code::ServerError, "cannot subscribe the connection's channels", None, true);
                     return Ok(());
                 }
-            },
-            None => None,
-        };
+            }
+        }
         let identity = self.identity();
         let result = ConnectResult {
             client: self.client_id.clone(),
@@ -123,12 +153,27 @@ impl Session {
             version: env!("CARGO_PKG_VERSION").into(),
             ping_interval_ms: self.node.config.heartbeat.ping_interval_ms,
             expires_at: identity.expires_at,
-            subscriptions: joining.iter().map(|j| j.result.clone()).collect(),
+            subscriptions: joinings.iter().map(|j| j.result.clone()).collect(),
         };
         self.reply(id, result);
-        if let Some(joining) = joining {
+        for joining in joinings {
             self.go_live(joining).await;
         }
+        Ok(())
+    }
+
+    /// Answers a `connect` the connect hook refused, and closes the connection: the
+    /// backend's own denial closes with 3501 (do not reconnect as is), a hook that failed
+    /// or timed out with 3006 (try again).
+    fn refuse_by_hook(&self, id: u64, error: RpcError) -> Result<(), CommandError> {
+        let close = match error {
+            RpcError::Backend { .. } => Code::Unauthorized,
+            _ => Code::ServerError,
+        };
+        let reason = error.to_string();
+        self.node.metrics.auth_failures.with_label_values(&["connect_hook"]).inc();
+        self.reply_error(id, &CommandError::Hook(error));
+        self.close(close, &reason, None, true);
         Ok(())
     }
 
@@ -217,16 +262,53 @@ impl Session {
         self.authorize(channel, namespace, None)
     }
 
-    /// The personal channel at connect: the client's own position when it has one,
-    /// otherwise offline delivery from the user's acknowledged position.
-    async fn join_personal(
+    /// Joins a channel the server subscribes the connection to itself (personal channel,
+    /// connect hook, operator), without authorisation: from the client's own position
+    /// when it has one; otherwise the personal channel starts with offline delivery from
+    /// the user's acknowledged position, any other channel from now.
+    pub(super) async fn join_server_side(
         &mut self,
         channel: &str,
         position: Option<StreamPosition>,
     ) -> Result<Joining, CommandError> {
         let namespace = self.node.rules.resolve(channel)?.clone();
-        let resume = position.map_or(Resume::Pending, Resume::Recover);
+        let personal = personal_channel(&self.identity().user) == channel;
+        let resume = match position {
+            Some(position) => Resume::Recover(position),
+            None if personal => Resume::Pending,
+            None => Resume::Live,
+        };
         self.join(channel, &namespace, resume).await
+    }
+
+    /// Carries out an operator's server-side subscribe (HTTP API or publisher crate): a
+    /// `subscribe` push, then the recovered publications. A connection already subscribed
+    /// is left as it is; one at its subscription limit, or a join the broker fails, is
+    /// logged and counted, and the connection goes on without it.
+    pub(super) async fn subscribe_by_server(&mut self, channel: String, recover: Option<StreamPosition>) {
+        if self.identity.is_none() || self.subscriptions.contains_key(&channel) {
+            return;
+        }
+        let max = self.node.config.limits.max_subscriptions_per_connection;
+        let outcome = if self.subscriptions.len() >= max {
+            Err(CommandError::refused(
+                Code::LimitExceeded,
+                format!("at most {max} subscriptions per connection"),
+            ))
+        } else {
+            self.join_server_side(&channel, recover).await
+        };
+        match outcome {
+            Ok(joining) => {
+                self.push(&Push::<()>::Subscribe(joining.result.clone()));
+                self.go_live(joining).await;
+            }
+            Err(error) => {
+                let code = error.code();
+                self.node.metrics.command_errors.with_label_values(&[code.slug()]).inc();
+                tracing::warn!(%channel, %error, "server-side subscribe failed");
+            }
+        }
     }
 
     /// Starts a subscription through the node's lifecycle (buffering until [`go_live`]).
@@ -249,7 +331,7 @@ impl Session {
     ///
     /// The reply just told the client the stream's epoch, so recovered publications leave
     /// it out (they are read from that stream); the hub goes on from the epoch told.
-    async fn go_live(&mut self, joining: Joining) {
+    pub(super) async fn go_live(&mut self, joining: Joining) {
         let mut told = joining.result.epoch.as_str();
         for publication in &joining.missed {
             let epoch = Epoch::against(publication.epoch.as_deref(), told);

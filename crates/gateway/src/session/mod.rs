@@ -47,6 +47,7 @@ pub(crate) async fn run(
     socket: Upgraded,
     encoding: Encoding,
     bearer: Option<String>,
+    hook_context: Option<Box<serde_json::Value>>,
     remote: SocketAddr,
 ) {
     let conn = node.next_conn_id();
@@ -79,6 +80,7 @@ pub(crate) async fn run(
             metrics.connections.inc();
             let mut session =
                 Session::new(node.clone(), conn, client_id, encoding, outbox, control.clone(), bearer);
+            session.hook_context = hook_context;
             session.read_loop(stream).await;
             // Boxed, like every command below: an idle connection's task then holds only the
             // read loop's small state, not the largest command's (see docs/BENCHMARKS.md).
@@ -142,6 +144,9 @@ pub(crate) struct Session {
     outbox: Outbox,
     control: Arc<ConnControl>,
     bearer: Option<String>,
+    /// The upgrade's headers and address for the connect hook (only when it is on),
+    /// dropped at `connect`.
+    hook_context: Option<Box<serde_json::Value>>,
     identity: Option<Identity>,
     subscriptions: HashMap<String, Arc<Namespace>>,
     /// Bounds the `rpc` calls waiting at once; created on the first call.
@@ -174,6 +179,7 @@ impl Session {
             outbox,
             control,
             bearer,
+            hook_context: None,
             identity: None,
             subscriptions: HashMap::new(),
             rpc_gate: None,
@@ -211,6 +217,9 @@ impl Session {
     /// Carries out a request from outside the connection (an operator, via the hub).
     async fn on_command(&mut self, command: SessionCommand) {
         match command {
+            SessionCommand::Subscribe { channel, recover } => {
+                self.subscribe_by_server(channel, recover).await
+            }
             SessionCommand::Unsubscribe { channel, reason } => {
                 if self.subscriptions.contains_key(&channel) {
                     self.leave(&channel).await;
