@@ -8,6 +8,7 @@
 //!
 //! This module only describes and loads configuration; it must not act on it.
 
+mod lifecycle;
 mod rpc;
 
 use std::{net::SocketAddr, path::Path};
@@ -18,6 +19,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use lifecycle::LifecycleConfig;
 pub use rpc::{RpcConfig, RpcRoute};
 
 /// Why configuration could not be loaded.
@@ -51,6 +53,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Where clients' `rpc` calls go.
     pub rpc: RpcConfig,
+    /// The lifecycle stream for backends.
+    pub lifecycle: LifecycleConfig,
     /// Channel namespaces; a channel `ns:rest` uses namespace `ns`, a bare name uses `""`.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -66,6 +70,7 @@ impl Default for Config {
             log: LogConfig::default(),
             api: ApiConfig::default(),
             rpc: RpcConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             namespaces: NamespaceConfig::defaults(),
         }
     }
@@ -534,6 +539,7 @@ impl Config {
             return Err(ConfigError::Invalid("heartbeat.ping_interval_ms must be positive".into()));
         }
         self.rpc.validate(self.broker.url.starts_with("redis://"))?;
+        self.lifecycle.validate(self.broker.url.starts_with("redis://"))?;
         if self.auth.connect_hook && !self.rpc.routes.iter().any(|route| route.matches(CONNECT_HOOK)) {
             return Err(ConfigError::Invalid(format!(
                 "auth.connect_hook is on but no rpc route serves `{CONNECT_HOOK}`"

@@ -111,6 +111,7 @@ impl Node {
                 metrics.clone(),
                 rules.clone(),
                 config.rpc.stream_max_len,
+                &config.lifecycle,
             )?
         } else {
             return Err(NodeError::BrokerUrl(config.broker.url.clone()));

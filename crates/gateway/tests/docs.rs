@@ -157,6 +157,10 @@ fn every_redis_key_and_function_is_documented() {
         keys::NODES.to_string(),
         keys::NODES_SEEN.to_string(),
         keys::NAMESPACES.to_string(),
+        keys::LIFECYCLE_EVENTS.to_string(),
+        keys::LIFECYCLE_NODES.to_string(),
+        keys::lifecycle_connections("<node>"),
+        keys::lifecycle_alive("<node>"),
     ];
     for name in names {
         assert!(doc.contains(&format!("`{name}`")), "docs/redis.md does not list `{name}`");

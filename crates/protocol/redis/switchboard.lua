@@ -405,6 +405,92 @@ local function rpc_reply(keys, args)
   return 'ok'
 end
 
+-- Lifecycle stream (docs/redis.md "Lifecycle"). All keys share the hash tag
+-- {lifecycle}: KEYS[1] the events stream, KEYS[2] the node's connections hash
+-- (client -> user), KEYS[3] the node's alive key, KEYS[4] the set of nodes.
+
+-- Registers a connection and records its connect event, unless the node is not alive
+-- in this life (its alive key expired, so it may have been reaped, or holds another
+-- life's value): then returns 0 and does nothing.
+-- ARGV: max_len, node, client, user, info JSON ('' for none), resumed ('1' or ''), life.
+local function lifecycle_connect(keys, args)
+  local events, conns, alive, nodes = keys[1], keys[2], keys[3], keys[4]
+  local max_len, node, client, user, info, resumed = args[1], args[2], args[3], args[4], args[5], args[6]
+  if redis.call('GET', alive) ~= args[7] then
+    return 0
+  end
+  if resumed == '1' and redis.call('HEXISTS', conns, client) == 1 then
+    -- Still registered: nobody reaped it while the node was away.
+    return 1
+  end
+  redis.call('HSET', conns, client, user)
+  redis.call('SADD', nodes, node)
+  local fields = {'event', 'connect', 'client', client, 'user', user, 'node', node}
+  if info ~= '' then
+    table.insert(fields, 'info')
+    table.insert(fields, info)
+  end
+  if resumed == '1' then
+    table.insert(fields, 'resumed')
+    table.insert(fields, '1')
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', max_len, '*', unpack(fields))
+  return 1
+end
+
+-- Records a disconnect, once: only while the connection is still registered.
+-- ARGV: max_len, node, client, code, reason. Returns 1, or 0 when already recorded.
+local function lifecycle_disconnect(keys, args)
+  local events, conns = keys[1], keys[2]
+  local max_len, node, client, code, reason = args[1], args[2], args[3], args[4], args[5]
+  local user = redis.call('HGET', conns, client)
+  if not user then
+    return 0
+  end
+  redis.call('HDEL', conns, client)
+  redis.call('XADD', events, 'MAXLEN', '~', max_len, '*', 'event', 'disconnect', 'client', client,
+    'user', user, 'node', node, 'code', code, 'reason', reason)
+  return 1
+end
+
+-- Heartbeat: keeps the node alive in this life for ttl ms. Returns 1 when it was not
+-- (first beat of the life, or the key expired: the node may have been reaped and
+-- registers its connections again). ARGV: node, ttl_ms, life.
+local function lifecycle_beat(keys, args)
+  local alive, nodes = keys[3], keys[4]
+  local was = redis.call('SET', alive, args[3], 'PX', args[2], 'GET')
+  redis.call('SADD', nodes, args[1])
+  if was == args[3] then
+    return 0
+  end
+  return 1
+end
+
+-- Records the disconnect of up to `batch` connections of a dead node (one whose alive
+-- key expired; `force` = '1' skips that check, for a node reaping its own previous
+-- life at start). Returns the number still registered, or -1 when the node is alive.
+-- ARGV: max_len, dead node, batch, reaper node, force.
+local function lifecycle_reap(keys, args)
+  local events, conns, alive, nodes = keys[1], keys[2], keys[3], keys[4]
+  local max_len, dead, batch, reaper, force = args[1], args[2], tonumber(args[3]), args[4], args[5]
+  if force ~= '1' and redis.call('EXISTS', alive) == 1 then
+    return -1
+  end
+  local scan = redis.call('HSCAN', conns, '0', 'COUNT', batch)
+  local entries = scan[2]
+  for i = 1, #entries, 2 do
+    local client, user = entries[i], entries[i + 1]
+    redis.call('HDEL', conns, client)
+    redis.call('XADD', events, 'MAXLEN', '~', max_len, '*', 'event', 'disconnect', 'client', client,
+      'user', user, 'node', dead, 'code', '1006', 'reason', 'node lost', 'reaped_by', reaper)
+  end
+  local left = redis.call('HLEN', conns)
+  if left == 0 and (force == '1' or redis.call('EXISTS', alive) == 0) then
+    redis.call('SREM', nodes, dead)
+  end
+  return left
+end
+
 local function version()
   return VERSION
 end
@@ -421,4 +507,8 @@ redis.register_function('sb_presence_list', presence_list)
 redis.register_function('sb_presence_stats', presence_stats)
 redis.register_function('sb_ack', ack)
 redis.register_function('sb_rpc_reply', rpc_reply)
+redis.register_function('sb_lifecycle_connect', lifecycle_connect)
+redis.register_function('sb_lifecycle_disconnect', lifecycle_disconnect)
+redis.register_function('sb_lifecycle_beat', lifecycle_beat)
+redis.register_function('sb_lifecycle_reap', lifecycle_reap)
 redis.register_function{function_name = 'sb_version', callback = version, flags = {'no-writes'}}

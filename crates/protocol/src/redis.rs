@@ -106,6 +106,24 @@ pub fn rpc_replies(node: &str) -> String {
     format!("sb:rpc:reply:{node}")
 }
 
+/// The lifecycle stream: connect, disconnect, subscribe and unsubscribe events of every
+/// connection, for backends (docs/redis.md "Lifecycle"). The lifecycle keys share the
+/// hash tag `{lifecycle}`, so its functions work on a Redis Cluster.
+pub const LIFECYCLE_EVENTS: &str = "sb:{lifecycle}:events";
+
+/// The set of nodes that have registered connections in the lifecycle.
+pub const LIFECYCLE_NODES: &str = "sb:{lifecycle}:nodes";
+
+/// A node's registered connections: client id -> user id.
+pub fn lifecycle_connections(node: &str) -> String {
+    format!("sb:{{lifecycle}}:conns:{node}")
+}
+
+/// A node's lifecycle liveness key (expires when the node stops beating).
+pub fn lifecycle_alive(node: &str) -> String {
+    format!("sb:{{lifecycle}}:alive:{node}")
+}
+
 /// The pub/sub channel a node publishes its liveness probe to (and subscribes to).
 pub fn probe(node: &str) -> String {
     format!("sb:probe:{node}")

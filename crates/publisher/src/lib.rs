@@ -13,6 +13,8 @@
 //! Retrying is safe with an idempotency key: a retried publish within the key's window
 //! is stored and delivered once and returns the original offset.
 
+mod group;
+pub mod lifecycle;
 pub mod worker;
 
 use std::{collections::HashMap, sync::Arc};

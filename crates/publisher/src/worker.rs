@@ -32,13 +32,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    RedisError, Value,
-};
+use redis::{aio::ConnectionManager, RedisError};
 use serde_json::Value as Json;
 use switchboard_protocol::redis as keys;
 use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::group::{GroupReader, RawEntry};
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -95,16 +94,8 @@ pub type RpcAnswer = Result<Json, RpcFailure>;
 
 /// Serves one RPC route's stream.
 pub struct Worker {
-    /// For `XREADGROUP ... BLOCK`, which holds its connection while it waits.
-    reads: ConnectionManager,
-    /// For answers and claims.
-    commands: ConnectionManager,
-    stream: String,
-    group: String,
-    consumer: String,
+    reader: GroupReader,
     concurrency: usize,
-    claim_after: Duration,
-    block: Duration,
 }
 
 impl Worker {
@@ -114,36 +105,22 @@ impl Worker {
     /// # Errors
     /// [`WorkerError::Redis`] when Redis cannot be reached.
     pub async fn connect(url: &str, stream: &str) -> Result<Worker, WorkerError> {
-        let client = redis::Client::open(url)?;
-        let block = Duration::from_secs(1);
-        let reads_config =
-            ConnectionManagerConfig::new().set_response_timeout(Some(block + Duration::from_secs(5)));
-        let reads = client.get_connection_manager_with_config(reads_config).await?;
-        let commands = client.get_connection_manager().await?;
         let consumer = format!("worker-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        Ok(Worker {
-            reads,
-            commands,
-            stream: keys::rpc_stream(stream),
-            group: "workers".into(),
-            consumer,
-            concurrency: 16,
-            claim_after: Duration::from_secs(5),
-            block,
-        })
+        let reader = GroupReader::connect(url, keys::rpc_stream(stream), "workers", consumer).await?;
+        Ok(Worker { reader, concurrency: 16 })
     }
 
     /// Reads through this consumer group (the route's `group` setting).
     #[must_use]
     pub fn group(mut self, group: impl Into<String>) -> Worker {
-        self.group = group.into();
+        self.reader.group = group.into();
         self
     }
 
     /// Names this consumer (unique per worker; shows in `XINFO CONSUMERS`).
     #[must_use]
     pub fn consumer(mut self, consumer: impl Into<String>) -> Worker {
-        self.consumer = consumer.into();
+        self.reader.consumer = consumer.into();
         self
     }
 
@@ -158,7 +135,7 @@ impl Worker {
     /// above the slowest normal handling time and below the route's timeout.
     #[must_use]
     pub fn claim_after(mut self, idle: Duration) -> Worker {
-        self.claim_after = idle.max(Duration::from_millis(1));
+        self.reader.claim_after = idle.max(Duration::from_millis(1));
         self
     }
 
@@ -173,7 +150,7 @@ impl Worker {
         F: Future<Output = RpcAnswer> + Send + 'static,
         S: Future<Output = ()> + Send,
     {
-        self.ensure_group().await?;
+        self.reader.ensure_group().await?;
         let handler = Arc::new(handler);
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut running = JoinSet::new();
@@ -188,36 +165,36 @@ impl Worker {
                     drop(slots.clone().acquire_owned().await);
                     return Ok(Vec::new());
                 }
-                if last_claim.elapsed() >= self.claim_after {
+                if last_claim.elapsed() >= self.reader.claim_after {
                     last_claim = tokio::time::Instant::now();
-                    let claimed = self.claim(free).await?;
+                    let claimed = self.reader.claim(free).await?;
                     if !claimed.is_empty() {
                         return Ok(claimed);
                     }
                 }
-                self.read(free).await
+                self.reader.read(free).await
             };
             let requests = tokio::select! {
                 () = &mut stop => break,
                 requests = next => requests,
             };
             let requests = match requests {
-                Ok(requests) => requests,
+                Ok(entries) => entries.into_iter().filter_map(request).collect::<Vec<_>>(),
                 Err(error) if error.code() == Some("NOGROUP") => {
                     // The stream or the group is gone (e.g. Redis was wiped): recreate it.
-                    self.ensure_group().await?;
+                    self.reader.ensure_group().await?;
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, stream = %self.stream, "rpc worker cannot read; retrying");
+                    tracing::warn!(%error, stream = %self.reader.stream, "rpc worker cannot read; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
             for request in requests {
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                let (handler, mut commands) = (handler.clone(), self.commands.clone());
-                let (stream, group) = (self.stream.clone(), self.group.clone());
+                let (handler, mut commands) = (handler.clone(), self.reader.commands.clone());
+                let (stream, group) = (self.reader.stream.clone(), self.reader.group.clone());
                 running.spawn(async move {
                     let _permit = permit;
                     let entry = request.entry.clone();
@@ -235,67 +212,6 @@ impl Worker {
         }
         while running.join_next().await.is_some() {}
         Ok(())
-    }
-
-    async fn ensure_group(&mut self) -> Result<(), WorkerError> {
-        let created: Result<Value, RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.commands)
-            .await;
-        match created {
-            Err(error) if error.code() != Some("BUSYGROUP") => Err(error.into()),
-            _ => Ok(()),
-        }
-    }
-
-    /// New requests for this consumer, waiting up to `block` for some.
-    async fn read(&mut self, count: usize) -> Result<Vec<RpcRequest>, RedisError> {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(&mut self.reads)
-            .await?;
-        // [[stream, [[id, [field, value, ...]], ...]]] or nil.
-        let Value::Array(streams) = reply else { return Ok(Vec::new()) };
-        Ok(streams
-            .into_iter()
-            .filter_map(|stream| match stream {
-                Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
-                _ => None,
-            })
-            .flat_map(entries)
-            .collect())
-    }
-
-    /// Requests other consumers have held for longer than `claim_after`.
-    async fn claim(&mut self, count: usize) -> Result<Vec<RpcRequest>, RedisError> {
-        let reply: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(self.claim_after.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.commands)
-            .await?;
-        // [next cursor, [entries], [deleted ids]]
-        match reply {
-            Value::Array(mut parts) if parts.len() >= 2 => Ok(entries(parts.swap_remove(1))),
-            _ => Ok(Vec::new()),
-        }
     }
 }
 
@@ -325,26 +241,9 @@ async fn reply(
         .await
 }
 
-/// Parses `[[id, [field, value, ...]], ...]`; entries without the required fields (or
-/// trimmed ones, which come back as nil) are skipped.
-fn entries(list: Value) -> Vec<RpcRequest> {
-    let Value::Array(items) = list else { return Vec::new() };
-    items.into_iter().filter_map(entry).collect()
-}
-
-fn entry(item: Value) -> Option<RpcRequest> {
-    let Value::Array(mut parts) = item else { return None };
-    if parts.len() != 2 {
-        return None;
-    }
-    let fields = parts.pop()?;
-    let id = text(parts.pop()?)?;
-    let Value::Array(fields) = fields else { return None };
-    let mut map = std::collections::HashMap::new();
-    let mut fields = fields.into_iter();
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        map.insert(text(name)?, text(value)?);
-    }
+/// The request in a stream entry; entries without the required fields are skipped.
+fn request(entry: RawEntry) -> Option<RpcRequest> {
+    let RawEntry { id, fields: mut map } = entry;
     let json = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Json>(&t).ok());
     Some(RpcRequest {
         entry: id,
@@ -358,14 +257,6 @@ fn entry(item: Value) -> Option<RpcRequest> {
         node: map.remove("node").unwrap_or_default(),
         deadline_ms: map.remove("deadline").and_then(|d| d.parse().ok()).unwrap_or(u64::MAX),
     })
-}
-
-fn text(value: Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-        Value::SimpleString(text) => Some(text),
-        _ => None,
-    }
 }
 
 fn now_ms() -> u64 {

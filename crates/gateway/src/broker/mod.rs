@@ -310,8 +310,61 @@ pub trait Broker: Send + Sync + 'static {
         timeout: std::time::Duration,
     ) -> Result<Option<String>, BrokerError>;
 
+    /// Records a connection event in the lifecycle stream (`[lifecycle]`, Redis only; the
+    /// embedded broker has no lifecycle stream and records nothing).
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when a connect could not be recorded (the session
+    /// refuses the connection then). Disconnects are retried by the broker itself and
+    /// never fail; subscribe and unsubscribe events fail when Redis is unreachable.
+    async fn lifecycle(&self, event: LifecycleEvent<'_>) -> Result<(), BrokerError> {
+        let _ = event;
+        Ok(())
+    }
+
     /// Whether the broker can currently serve requests (feeds `/readyz`).
     fn is_ready(&self) -> bool;
+}
+
+/// A connection event for the lifecycle stream (docs/redis.md "Lifecycle").
+#[derive(Debug, Clone, Copy)]
+pub enum LifecycleEvent<'a> {
+    /// The connection authenticated.
+    Connect {
+        /// Connection id.
+        client: &'a str,
+        /// User id (empty: anonymous).
+        user: &'a str,
+        /// The connection's `info`, when it has one.
+        info: Option<&'a serde_json::Value>,
+    },
+    /// An authenticated connection ended.
+    Disconnect {
+        /// Connection id.
+        client: &'a str,
+        /// The close code sent to the client (1000 when the client closed).
+        code: u16,
+        /// Why.
+        reason: &'a str,
+    },
+    /// The connection subscribed to a channel.
+    Subscribe {
+        /// Connection id.
+        client: &'a str,
+        /// User id.
+        user: &'a str,
+        /// The channel.
+        channel: &'a str,
+    },
+    /// The connection left a channel (not at disconnect: a disconnect ends them all).
+    Unsubscribe {
+        /// Connection id.
+        client: &'a str,
+        /// User id.
+        user: &'a str,
+        /// The channel.
+        channel: &'a str,
+    },
 }
 
 /// Current Unix time in milliseconds.

@@ -22,7 +22,7 @@ use switchboard_protocol::{
 use super::{Identity, Session};
 use crate::{
     auth::AuthError,
-    broker::{NewPublication, Since},
+    broker::{LifecycleEvent, NewPublication, Since},
     channel::{personal_channel, Namespace},
     config::SubscribePolicy,
     error::CommandError,
@@ -113,6 +113,12 @@ impl Session {
         }
         tracing::Span::current().record("user", user.as_str());
         self.identity = Some(Identity { user, expires_at: claims.exp, claims, refresh_sent: false });
+        if let Err(error) = self.record_connect().await {
+            // A connection the backends would never hear of: refuse it, and retry.
+            self.reply_error(id, &error);
+            self.close(Code::ServerError, "cannot record the connection", None, true);
+            return Ok(());
+        }
         // The server's own subscriptions: the personal channel, then the hook's channels.
         let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
         if let Some(channel) = personal {
@@ -160,6 +166,20 @@ impl Session {
             self.go_live(joining).await;
         }
         Ok(())
+    }
+
+    /// Records the connect in the lifecycle stream, when it is enabled.
+    async fn record_connect(&self) -> Result<(), CommandError> {
+        if !self.node.config.lifecycle.enabled {
+            return Ok(());
+        }
+        let identity = self.identity();
+        let event = LifecycleEvent::Connect {
+            client: &self.client_id,
+            user: &identity.user,
+            info: identity.claims.info.as_ref(),
+        };
+        Ok(self.node.broker.lifecycle(event).await?)
     }
 
     /// Answers a `connect` the connect hook refused, and closes the connection: the
@@ -356,6 +376,7 @@ impl Session {
         }
         let told = told.to_string();
         self.node.subscriptions.go_live(&joining, self.conn, &told);
+        self.record_channel_event(&joining.channel, true).await;
         self.subscriptions.insert(joining.channel, joining.namespace);
     }
 
@@ -370,6 +391,7 @@ impl Session {
         }
         self.leave(&params.channel).await;
         self.reply(id, Empty {});
+        self.record_channel_event(&params.channel, false).await;
         Ok(())
     }
 

@@ -28,7 +28,8 @@ use tracing::Instrument;
 
 use crate::{
     auth::{unix_now, Claims},
-    channel::Namespace,
+    broker::LifecycleEvent,
+    channel::{personal_channel, Namespace},
     error::CommandError,
     hub::{to_frame, ConnId},
     node::Node,
@@ -149,6 +150,8 @@ pub(crate) struct Session {
     hook_context: Option<Box<serde_json::Value>>,
     identity: Option<Identity>,
     subscriptions: HashMap<String, Arc<Namespace>>,
+    /// Whether the client ended the connection with a close frame (rather than vanishing).
+    client_closed: bool,
     /// Bounds the `rpc` calls waiting at once; created on the first call.
     rpc_gate: Option<Arc<tokio::sync::Semaphore>>,
     bucket: TokenBucket,
@@ -182,6 +185,7 @@ impl Session {
             hook_context: None,
             identity: None,
             subscriptions: HashMap::new(),
+            client_closed: false,
             rpc_gate: None,
             bucket,
             started: now,
@@ -223,6 +227,7 @@ impl Session {
             SessionCommand::Unsubscribe { channel, reason } => {
                 if self.subscriptions.contains_key(&channel) {
                     self.leave(&channel).await;
+                    self.record_channel_event(&channel, false).await;
                     self.push(&Push::<()>::Unsubscribe(Unsubscribed { channel, reason }));
                 }
             }
@@ -236,6 +241,12 @@ impl Session {
             tungstenite::Error::Capacity(_) => {
                 let limit = self.node.config.limits.max_message_bytes;
                 self.close(Code::MessageTooLarge, &format!("message larger than {limit} bytes"), None, false);
+            }
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+                // The peer vanished (closed its socket without a close frame): nobody to
+                // tell about a protocol error.
+                tracing::debug!("connection reset without a closing handshake");
+                self.control.terminate();
             }
             tungstenite::Error::Utf8(_) => {
                 self.close(Code::ProtocolError, "text frame is not valid UTF-8", None, false);
@@ -267,7 +278,10 @@ impl Session {
             (Message::Binary(_), Encoding::Json) => {
                 return self.close(Code::ProtocolError, "binary frame on a JSON connection", None, false);
             }
-            (Message::Close(_), _) => return self.control.terminate(),
+            (Message::Close(_), _) => {
+                self.client_closed = true;
+                return self.control.terminate();
+            }
             (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => return,
         };
         self.node.metrics.messages_in.inc();
@@ -416,6 +430,36 @@ impl Session {
         }
         if let Some(identity) = &self.identity {
             self.node.remove_user_connection(&identity.user);
+            if self.node.config.lifecycle.enabled {
+                let (code, reason) = match self.control.request() {
+                    Some(request) => (request.code.as_u16(), request.reason),
+                    None if self.client_closed => (1000, "client closed".to_string()),
+                    None => (1006, "connection lost".to_string()),
+                };
+                let event = LifecycleEvent::Disconnect { client: &self.client_id, code, reason: &reason };
+                // Never fails: the broker retries it until Redis takes it.
+                let _ = self.node.broker.lifecycle(event).await;
+            }
+        }
+    }
+
+    /// Records a subscribe or unsubscribe in the lifecycle stream, when it is enabled
+    /// (the personal channel is implied by connect). Best effort: a failure is logged.
+    async fn record_channel_event(&self, channel: &str, subscribed: bool) {
+        if !self.node.config.lifecycle.enabled || self.identity.is_none() {
+            return;
+        }
+        let user = self.identity().user.as_str();
+        if personal_channel(user) == channel {
+            return;
+        }
+        let client = self.client_id.as_str();
+        let event = match subscribed {
+            true => LifecycleEvent::Subscribe { client, user, channel },
+            false => LifecycleEvent::Unsubscribe { client, user, channel },
+        };
+        if let Err(error) = self.node.broker.lifecycle(event).await {
+            tracing::warn!(%error, %channel, "lifecycle event not recorded");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! `subscriber`). Both reconnect with exponential backoff; commands fail fast while Redis
 //! is unreachable (the session answers 115 `unavailable`), and client WebSockets stay up.
 
+mod lifecycle;
 mod registry;
 mod rpc;
 mod subscriber;
@@ -30,12 +31,12 @@ use switchboard_protocol::{ClientInfo, StreamPosition};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{
-    Broker, BrokerError, Control, EventSink, HistoryPage, JoinFrom, JoinRequest, Joined, NewPublication,
-    PresenceStats, Publication, RpcEntry, Since,
+    Broker, BrokerError, Control, EventSink, HistoryPage, JoinFrom, JoinRequest, Joined, LifecycleEvent,
+    NewPublication, PresenceStats, Publication, RpcEntry, Since,
 };
 use crate::{
     channel::{ChannelRules, StreamOptions},
-    config::BrokerConfig,
+    config::{BrokerConfig, LifecycleConfig},
     metrics::Metrics,
 };
 
@@ -63,6 +64,8 @@ pub(crate) struct RedisShared {
     rpc: rpc::RpcWaiters,
     /// `rpc.stream_max_len`: request streams are trimmed to about this many entries.
     rpc_max_len: u64,
+    /// The lifecycle stream (when enabled).
+    lifecycle: lifecycle::Lifecycle,
 }
 
 /// A flag that is set while `client`'s connection is known to be down: fred broadcasts a
@@ -128,6 +131,7 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
         rules: Arc<ChannelRules>,
         rpc_max_len: u64,
+        lifecycle: &LifecycleConfig,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let mut redis_config = Config::from_url(&config.url)?;
         redis_config.fail_fast = true;
@@ -165,6 +169,7 @@ impl RedisBroker {
             rules,
             rpc: rpc::RpcWaiters::default(),
             rpc_max_len,
+            lifecycle: lifecycle::Lifecycle::new(lifecycle.clone()),
         });
         // Event receivers are taken before connecting so that the first connection's
         // event (load functions, subscribe) is not missed.
@@ -175,6 +180,7 @@ impl RedisBroker {
         let broker = Arc::new(RedisBroker { shared, subscriber, local_presence: Arc::new(DashMap::new()) });
         broker.spawn_presence_keeper();
         registry::spawn(broker.shared.clone());
+        lifecycle::spawn(broker.shared.clone());
         Ok(broker)
     }
 
@@ -644,6 +650,17 @@ impl Broker for RedisBroker {
             live.iter().filter_map(|l| keys::channel_of_live(l)).map(str::to_string).collect();
         channels.sort_unstable();
         Ok(channels)
+    }
+
+    async fn lifecycle(&self, event: LifecycleEvent<'_>) -> Result<(), BrokerError> {
+        if !self.shared.lifecycle.enabled() {
+            return Ok(());
+        }
+        // A disconnect is queued and retried when Redis is down, never refused.
+        if !matches!(event, LifecycleEvent::Disconnect { .. }) {
+            self.shared.connected()?;
+        }
+        self.shared.lifecycle.record(&self.shared, event).await
     }
 
     async fn rpc(
