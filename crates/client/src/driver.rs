@@ -2,7 +2,7 @@
 //! with backoff, resubscribing every channel from its last position.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -47,8 +47,14 @@ struct Channel {
 
 enum Pending {
     Call(oneshot::Sender<Result<Value, ClientError>>),
+    /// A `publish` or `rpc` of the offline outbox: sent again on the next connection when
+    /// this one ends before the reply (it carries an idempotency key).
+    Queued(Queued),
     Done(oneshot::Sender<Result<(), ClientError>>),
-    Subscribe { channel: String, reply: Option<oneshot::Sender<Result<(), ClientError>>> },
+    Subscribe {
+        channel: String,
+        reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+    },
     Ignore,
 }
 
@@ -60,8 +66,18 @@ enum Ended {
     Lost { code: Option<Code>, reason: String, advised: Option<Duration> },
 }
 
+/// A `publish` or `rpc` waiting for a connection.
+pub(crate) struct Queued {
+    pub(crate) method: &'static str,
+    pub(crate) params: Value,
+    pub(crate) reply: oneshot::Sender<Result<Value, ClientError>>,
+}
+
 pub(crate) struct Driver {
     config: ClientConfig,
+    /// Calls made while disconnected (or in flight when the connection was lost), sent
+    /// in order after the next connect; at most `config.offline_queue`.
+    outbox: VecDeque<Queued>,
     requests: mpsc::Receiver<Request>,
     state: watch::Sender<ConnectionState>,
     personal: Channel,
@@ -85,6 +101,7 @@ impl Driver {
     ) -> Driver {
         Driver {
             config,
+            outbox: VecDeque::new(),
             requests,
             state,
             personal: Channel { events: personal, position: None, epoch: None, token: None },
@@ -130,6 +147,9 @@ impl Driver {
         for (_, reply) in self.waiting.drain(..) {
             let _ = reply.send(Err(ClientError::Closed));
         }
+        for queued in self.outbox.drain(..) {
+            let _ = queued.reply.send(Err(ClientError::Closed));
+        }
         self.state.send_replace(ConnectionState::Closed { code, reason });
     }
 
@@ -147,7 +167,18 @@ impl Driver {
             Request::Call { reply, .. } => {
                 let _ = reply.send(Err(ClientError::NotConnected));
             }
+            Request::Queued(queued) => self.enqueue(queued),
             Request::Close => {}
+        }
+    }
+
+    /// Keeps a `publish` or `rpc` for the next connection, or refuses it when the outbox
+    /// is full.
+    fn enqueue(&mut self, queued: Queued) {
+        if self.outbox.len() >= self.config.offline_queue {
+            let _ = queued.reply.send(Err(ClientError::OutboxFull));
+        } else {
+            self.outbox.push_back(queued);
         }
     }
 
@@ -255,16 +286,42 @@ impl Driver {
                 Err(error) => return lost(error),
             }
         }
+        // Then what was queued while disconnected, in order; calls whose caller gave up
+        // (timed out) are dropped.
+        while let Some(queued) = self.outbox.pop_front() {
+            if queued.reply.is_closed() {
+                continue;
+            }
+            match connection.send(&mut socket, queued.method, queued.params.clone()).await {
+                Ok(id) => drop(connection.pending.insert(id, Pending::Queued(queued))),
+                Err(error) => {
+                    self.outbox.push_front(queued);
+                    return lost(error);
+                }
+            }
+        }
         let ended = self.serve(&mut socket, &mut connection, silence).await;
         if connected_at.elapsed() >= STABLE_AFTER {
             self.attempt = 0;
         }
-        for (_, pending) in connection.pending.drain() {
+        // Unanswered outbox calls go back to the front of the outbox, oldest first.
+        let mut unanswered: Vec<(u64, Queued)> = Vec::new();
+        for (id, pending) in connection.pending.drain() {
             match pending {
+                Pending::Queued(queued) => unanswered.push((id, queued)),
                 Pending::Call(reply) => drop(reply.send(Err(ClientError::NotConnected))),
                 Pending::Done(reply) => drop(reply.send(Err(ClientError::NotConnected))),
                 Pending::Subscribe { channel, reply: Some(reply) } => self.waiting.push((channel, reply)),
                 Pending::Subscribe { .. } | Pending::Ignore => {}
+            }
+        }
+        unanswered.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        for (_, queued) in unanswered {
+            self.outbox.push_front(queued);
+        }
+        while self.outbox.len() > self.config.offline_queue {
+            if let Some(queued) = self.outbox.pop_back() {
+                let _ = queued.reply.send(Err(ClientError::OutboxFull));
             }
         }
         ended
@@ -350,6 +407,15 @@ impl Driver {
                 let id = connection.send(socket, method, params).await?;
                 connection.pending.insert(id, Pending::Call(reply));
             }
+            Request::Queued(queued) => {
+                match connection.send(socket, queued.method, queued.params.clone()).await {
+                    Ok(id) => drop(connection.pending.insert(id, Pending::Queued(queued))),
+                    Err(error) => {
+                        self.enqueue(queued);
+                        return Err(error);
+                    }
+                }
+            }
             Request::Close => {}
         }
         Ok(())
@@ -367,6 +433,9 @@ impl Driver {
         };
         match pending {
             Pending::Call(tx) => drop(tx.send(outcome.map_err(ClientError::Server))),
+            // Answered, successfully or not: a refusal is the caller's to handle (a
+            // temporary one, e.g. 118, is retried by calling again with the same key).
+            Pending::Queued(queued) => drop(queued.reply.send(outcome.map_err(ClientError::Server))),
             Pending::Done(tx) => drop(tx.send(outcome.map(|_| ()).map_err(ClientError::Server))),
             Pending::Ignore => {}
             Pending::Subscribe { channel, reply } => match outcome {

@@ -21,6 +21,13 @@
 //! treated as gone. The backoff resets only after a connection stayed up for 10 s, so a
 //! node that accepts and then fails at once is not retried in a tight loop.
 //!
+//! `publish` and `rpc` made while disconnected wait in a bounded offline outbox
+//! ([`ClientConfig::offline_queue`]) and are sent, in order, right after the next
+//! connect; so are those whose connection was lost before their reply. Each carries an
+//! idempotency key (a random one unless the application gives its own), so a publication
+//! sent twice is published once and a backend can tell a retried `rpc` from a new one.
+//! A call still waits at most [`ClientConfig::request_timeout`] in all.
+//!
 //! Events are delivered through a bounded queue per subscription. A subscription that
 //! is not read applies backpressure to the whole connection (the server may then close
 //! it as a slow consumer, and recovery fills the gap on reconnect): read your
@@ -69,6 +76,9 @@ pub enum ClientError {
     /// The command could not be encoded.
     #[error("cannot encode the command: {0}")]
     Encode(String),
+    /// Disconnected, and the offline outbox is full.
+    #[error("disconnected and the offline outbox is full")]
+    OutboxFull,
 }
 
 /// What a subscription yields.
@@ -155,8 +165,12 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// Events queued per subscription before the connection waits for the reader.
     pub subscription_buffer: usize,
-    /// How long a call waits for its reply.
+    /// How long a call waits for its reply (offline time in the outbox included).
     pub request_timeout: Duration,
+    /// `publish` and `rpc` calls kept while disconnected, for the next connection; more
+    /// fail with [`ClientError::OutboxFull`]. 0 makes them fail with
+    /// [`ClientError::NotConnected`] at once.
+    pub offline_queue: usize,
 }
 
 impl ClientConfig {
@@ -169,6 +183,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             subscription_buffer: 1024,
             request_timeout: Duration::from_secs(10),
+            offline_queue: 64,
         }
     }
 }
@@ -189,6 +204,8 @@ pub(crate) enum Request {
         params: Value,
         reply: oneshot::Sender<Result<Value, ClientError>>,
     },
+    /// A call that waits in the offline outbox when there is no connection.
+    Queued(driver::Queued),
     Close,
 }
 
@@ -315,9 +332,13 @@ impl Client {
     }
 
     /// Publishes `data` to `channel` (where the namespace allows client publishing).
+    /// While disconnected it waits in the offline outbox (ephemeral publications, which
+    /// are worthless later, fail with [`ClientError::NotConnected`] instead). A stored
+    /// publication carries a random idempotency key, so a resend after a lost connection
+    /// is published once.
     ///
     /// # Errors
-    /// The server's refusal, [`ClientError::NotConnected`], or a timeout.
+    /// The server's refusal, [`ClientError::OutboxFull`], or a timeout.
     pub async fn publish(
         &self,
         channel: &str,
@@ -329,7 +350,11 @@ impl Client {
         if let Some(event) = event {
             params["event"] = Value::String(event.into());
         }
-        self.call("publish", params).await
+        if ephemeral {
+            return self.call("publish", params).await;
+        }
+        params["idempotency_key"] = Value::String(random_key());
+        self.queued("publish", params).await
     }
 
     /// Connections present in `channel`.
@@ -393,7 +418,9 @@ impl Client {
     }
 
     /// [`Client::rpc`] with an idempotency key passed to the backend, so that a retried
-    /// call (same key) is recognised there and not carried out twice.
+    /// call (same key) is recognised there and not carried out twice. Without one, the
+    /// client makes a random key, which covers its own resends after a lost connection;
+    /// pass your own (e.g. `vote-<proposal>-<user>`) to cover the application's retries.
     ///
     /// # Errors
     /// As [`Client::publish`].
@@ -403,11 +430,9 @@ impl Client {
         data: Value,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut params = serde_json::json!({"method": method, "data": data});
-        if let Some(key) = idempotency_key {
-            params["idempotency_key"] = Value::String(key.into());
-        }
-        let mut result = self.call("rpc", params).await?;
+        let key = idempotency_key.map_or_else(random_key, str::to_string);
+        let params = serde_json::json!({"method": method, "data": data, "idempotency_key": key});
+        let mut result = self.queued("rpc", params).await?;
         Ok(result.get_mut("data").map(Value::take).unwrap_or(Value::Null))
     }
 
@@ -418,6 +443,12 @@ impl Client {
     pub async fn call(&self, method: &'static str, params: Value) -> Result<Value, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Call { method, params, reply }, answer).await
+    }
+
+    /// A call that waits in the offline outbox while disconnected.
+    async fn queued(&self, method: &'static str, params: Value) -> Result<Value, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Queued(driver::Queued { method, params, reply }), answer).await
     }
 
     /// Closes the connection for good.
@@ -438,4 +469,9 @@ impl Client {
             Err(_) => Err(ClientError::Timeout),
         }
     }
+}
+
+/// A random idempotency key: 128 bits, hex.
+fn random_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

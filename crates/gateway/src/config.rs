@@ -133,7 +133,7 @@ pub struct BrokerConfig {
     pub command_timeout_ms: u64,
     /// Redis: interval of the node registry heartbeat, in milliseconds. Default 2000.
     pub node_heartbeat_ms: u64,
-    /// Redis: idempotency keys of HTTP/publisher publishes are remembered this long, in
+    /// Redis: idempotency keys of HTTP, publisher and client publishes are remembered this long, in
     /// seconds. Default 300.
     pub idempotency_ttl_secs: u64,
     /// How long the stream metadata (epoch) that a read (`subscribe`, `history`) creates

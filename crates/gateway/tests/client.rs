@@ -399,3 +399,66 @@ async fn client_sees_join_leave_presence_and_acknowledges_notifications() {
     alice.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_made_while_the_gateway_is_down_land_once_after_it_is_back() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let listen = format!("127.0.0.1:{}", switchboard_testkit::free_port());
+    let mut node = fixture::cluster::start_node_at(&redis, &listen, &[]);
+    let watcher_node = fixture::cluster::start_node(&redis);
+    let mut watcher = connect_url(&watcher_node.ws_url(), "watcher", Encoding::Json).await;
+    watcher.ok("subscribe", json!({"channel": "chat:votes"})).await;
+
+    let mut config = client_config(vec![node.ws_url()], "voter", Encoding::Json);
+    config.request_timeout = Duration::from_secs(60);
+    let (client, _personal) = Client::connect(config);
+    client.wait_connected().await.unwrap();
+    assert!(node.terminate());
+    let mut state = client.state();
+    state.wait_for(|s| matches!(s, ConnectionState::Disconnected { .. })).await.unwrap();
+
+    // Made while down: they wait in the outbox (an ephemeral one is refused at once).
+    let client = Arc::new(client);
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(
+                async move { client.publish("chat:votes", Some("vote"), json!({"n": i}), false).await },
+            )
+        })
+        .collect();
+    let typing = client.publish("chat:votes", Some("typing"), json!(true), true).await;
+    assert!(matches!(typing, Err(switchboard_client::ClientError::NotConnected)), "{typing:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let node = fixture::cluster::start_node_at(&redis, &listen, &[]);
+    let mut offsets = Vec::new();
+    for call in calls {
+        let published = call.await.unwrap().unwrap();
+        offsets.push(published["offset"].as_u64().unwrap());
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, [1, 2, 3]);
+    // Each landed exactly once.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(watcher.publication().await.data["n"].as_u64().unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2]);
+    watcher.silent_for(Duration::from_millis(500)).await;
+
+    // What makes a resend safe: the same key from the same user is published once (the
+    // retry answers the first position); another user's identical key is theirs.
+    let mut voter = connect_url(&node.ws_url(), "voter", Encoding::Json).await;
+    let params = json!({"channel": "chat:votes", "data": "again", "idempotency_key": "k-1"});
+    let first = voter.ok("publish", params.clone()).await;
+    assert_eq!(voter.ok("publish", params.clone()).await, first);
+    let mut other = connect_url(&node.ws_url(), "other", Encoding::Json).await;
+    assert_ne!(other.ok("publish", params).await, first);
+    assert_eq!(watcher.publication().await.offset, Some(4));
+    assert_eq!(watcher.publication().await.offset, Some(5));
+    watcher.silent_for(Duration::from_millis(300)).await;
+    let long = json!({"channel": "chat:votes", "data": 1, "idempotency_key": "k".repeat(129)});
+    assert_eq!(voter.err("publish", long).await.code, Code::BadRequest);
+}

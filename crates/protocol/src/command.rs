@@ -129,7 +129,15 @@ pub struct PublishParams {
     /// Deliver live only: no offset, never stored in history (typing indicators).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
+    /// Makes a retry safe: a second publish with the same key (by the same user, to the
+    /// same channel, within the idempotency window) is not published again and answers
+    /// the first one's position. At most [`MAX_IDEMPOTENCY_KEY_LEN`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
+
+/// The longest idempotency key a client may send with `publish` or `rpc`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// Parameters of `history`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

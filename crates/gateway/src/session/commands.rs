@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use switchboard_protocol::{
     command::{
-        AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams, SubscribeParams,
+        AckParams, ChannelParams, ConnectParams, HistoryParams, PublishParams, RefreshParams,
+        SubscribeParams, MAX_IDEMPOTENCY_KEY_LEN,
     },
     push::Push,
     reply::{
@@ -405,6 +406,7 @@ impl Session {
     }
 
     async fn publish(&mut self, id: u64, params: PublishParams) -> Result<(), CommandError> {
+        check_idempotency_key(params.idempotency_key.as_deref())?;
         let namespace = self.node.rules.resolve(&params.channel)?.clone();
         if !namespace.config.publish {
             return Err(CommandError::refused(
@@ -419,12 +421,18 @@ impl Session {
         }
         let data =
             serde_json::value::to_raw_value(&params.data).map_err(switchboard_protocol::CodecError::from)?;
+        // Scoped by user, so one user's keys can never suppress another's (or a backend's)
+        // publications.
+        let idempotency_key = (!params.ephemeral)
+            .then_some(params.idempotency_key)
+            .flatten()
+            .map(|key| format!("u:{}:{key}", self.identity().user));
         let publication = NewPublication {
             event: params.event,
             data,
             from: Some(self.client_info()),
             ephemeral: params.ephemeral,
-            idempotency_key: None,
+            idempotency_key,
         };
         let position = self.node.publish(&params.channel, publication).await?;
         let (offset, epoch) = position.map(|p| (p.offset, p.epoch)).unzip();
@@ -522,5 +530,17 @@ impl Session {
         let expires_at = identity.expires_at;
         self.reply(id, RefreshResult { expires_at });
         Ok(())
+    }
+}
+
+/// Refuses an idempotency key longer than the protocol allows (it becomes part of a
+/// Redis key, and is passed to backends).
+pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<(), CommandError> {
+    match key {
+        Some(key) if key.len() > MAX_IDEMPOTENCY_KEY_LEN || key.is_empty() => Err(CommandError::refused(
+            Code::BadRequest,
+            format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        )),
+        _ => Ok(()),
     }
 }

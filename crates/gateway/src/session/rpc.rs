@@ -14,6 +14,7 @@ use crate::{error::CommandError, hub::to_frame, rpc::Call};
 
 impl Session {
     pub(super) fn rpc(&mut self, id: u64, params: RpcParams) -> Result<(), CommandError> {
+        super::commands::check_idempotency_key(params.idempotency_key.as_deref())?;
         let max = self.node.config.rpc.max_in_flight_per_connection;
         // Created on the first call: most connections never make one.
         let gate = self.rpc_gate.get_or_insert_with(|| Arc::new(Semaphore::new(max))).clone();
