@@ -264,3 +264,39 @@ async fn soak_runs_and_samples_every_figure() {
     assert!(soak["peak"]["redis_keys"].as_u64() > soak["start"]["redis_keys"].as_u64(), "{soak}");
     assert!(!soak["samples"].as_array().unwrap().is_empty(), "{soak}");
 }
+
+/// The rpc scenario through both routes: stream workers run by the bench, and the HTTP
+/// endpoint it serves (on a free port instead of bench-rpc.toml's 18099).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_runs_through_the_stream_and_http_routes() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let port = switchboard_testkit::free_port();
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/bench-rpc.toml"))
+        .unwrap()
+        .replace("127.0.0.1:18099", &format!("127.0.0.1:{port}"));
+    let path = std::env::temp_dir().join(format!("switchboard-bench-rpc-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let url = redis.url();
+    let node = Gateway::start(Path::new(BIN), &["--config", path.to_str().unwrap(), "--broker", &url], &[]);
+    let settings = |redis: Option<String>, http_listen| scenarios::rpc::Rpc {
+        target: target(std::slice::from_ref(&node)),
+        redis,
+        http_listen,
+        workers: 2,
+        worker_concurrency: 4,
+        clients: 4,
+        calls: 200,
+        payload_bytes: 50,
+    };
+    for (redis, http) in
+        [(Some(url.clone()), None), (None, Some(format!("127.0.0.1:{port}").parse().unwrap()))]
+    {
+        let report = scenarios::rpc::run(settings(redis, http)).await.unwrap();
+        assert_eq!((report["calls"].as_u64(), report["errors"].as_u64()), (Some(200), Some(0)), "{report}");
+        assert!(report["round_trips_per_second"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["latency"]["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // Every request was answered and deleted: nothing waits in the stream.
+    assert_eq!(redis.cli(&["XLEN", "sb:rpc:{bench}"]).trim(), "0");
+}

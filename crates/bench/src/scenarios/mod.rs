@@ -6,4 +6,5 @@ pub mod fanout;
 pub mod floor;
 pub mod idle;
 pub mod rooms;
+pub mod rpc;
 pub mod soak;
