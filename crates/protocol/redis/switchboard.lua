@@ -35,13 +35,11 @@ local function ensure_epoch(stream, meta, meta_ttl)
   return epoch
 end
 
--- A plain decimal whole number in [min, 2^53), or nil.
+-- A whole number in [min, 2^53), or nil. tonumber rather than a pattern match: on
+-- sb_publish's path the pattern cost ~0.4 us of Redis CPU per argument.
 local function whole(value, min)
-  if type(value) ~= 'string' or not string.match(value, '^%d+$') or #value > 15 then
-    return nil
-  end
   local n = tonumber(value)
-  if n >= min then
+  if n and n >= min and n < 9007199254740992 and n == math.floor(n) then
     return n
   end
   return nil
@@ -69,18 +67,28 @@ local function check_body(body)
 end
 
 -- FCALL sb_publish 2|3 <stream key> <meta key> [<idempotency key>]
---       <live channel> <body JSON> <history size> <history ttl ms> <meta ttl ms> [<idempotency ttl ms>]
--- Assigns the next offset, appends to the stream (trimmed to <history size>), refreshes
--- TTLs and publishes {"o":offset,"e":epoch,"t":ts,"b":body} on <live channel>, all in one
--- atomic step. Returns {offset, epoch, duplicate(0|1)}. With an idempotency key that was
--- already used within its TTL, nothing is published and the first result is returned.
+--       <live channel> <body JSON> <history size> <history ttl ms> <meta ttl ms>
+--       [<idempotency ttl ms>] [checked]
+-- Assigns the next offset, appends to the stream (trimmed to <history size>), keeps the
+-- keys alive and publishes {"o":offset,"e":epoch,"t":ts,"b":body} on <live channel>, all
+-- in one atomic step. Returns {offset, epoch, duplicate(0|1)}. With an idempotency key
+-- that was already used within its TTL, nothing is published and the first result is
+-- returned. `checked` (the 7th argument) skips the body check, for callers that built the
+-- body with a JSON serializer (gateways, the publisher crate): decoding it here is a
+-- sixth of the function's cost.
+--
+-- Cost: every redis.call is ~1.5-2.5 us of Redis CPU, so the common path makes five
+-- (HMGET, TIME, HINCRBY, XADD, PUBLISH). TTLs are not refreshed on every publication:
+-- the meta field `x` holds when the stream expires, and only when less than one history
+-- TTL is left are both keys extended to 1.5 TTLs (so they always outlive the newest
+-- entry by at least one TTL; readers hide entries older than the TTL anyway).
 local function publish(keys, args)
   local stream, meta, idem = keys[1], keys[2], keys[3]
   local live, body = args[1], args[2]
   local size, ttl, meta_ttl = whole(args[3], 0), whole(args[4], 1), whole(args[5], 1)
   local idem_ttl = whole(args[6] or '300000', 1)
   if not live or not body or not size or not ttl or not meta_ttl or not idem_ttl then
-    return redis.error_reply('ERR sb_publish: expected <live channel> <body> <history size: integer >= 0> <history ttl ms: integer >= 1> <meta ttl ms: integer >= 1> [<idempotency ttl ms: integer >= 1>]')
+    return redis.error_reply('ERR sb_publish: expected <live channel> <body> <history size: integer >= 0> <history ttl ms: integer >= 1> <meta ttl ms: integer >= 1> [<idempotency ttl ms: integer >= 1>] [checked]')
   end
   if idem then
     local seen = redis.call('GET', idem)
@@ -89,17 +97,33 @@ local function publish(keys, args)
       return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
     end
   end
-  if not check_body(body) then
+  if args[7] ~= 'checked' and not check_body(body) then
     return redis.error_reply('ERR sb_publish: body must be a JSON object nested at most ' .. MAX_BODY_DEPTH .. ' levels, with a "data" field and an optional string "event"')
   end
-  local epoch = ensure_epoch(stream, meta, math.max(meta_ttl, ttl))
+  local keep = math.max(meta_ttl, ttl)
+  local state = redis.call('HMGET', meta, 'epoch', 'x')
+  local epoch, expires = state[1], tonumber(state[2]) or 0
+  if not epoch then
+    -- A new stream (or its metadata expired): any orphaned entries belong to the old
+    -- epoch, whose offsets would clash.
+    epoch = new_epoch()
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+    expires = 0
+  end
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
   local ts = now_ms()
   if size > 0 then
     redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 't', ts, 'b', body)
-    redis.call('PEXPIRE', stream, ttl)
   end
-  redis.call('PEXPIRE', meta, math.max(meta_ttl, ttl))
+  if expires - ts < ttl then
+    local stream_life = math.floor(ttl * 1.5)
+    if size > 0 then
+      redis.call('PEXPIRE', stream, stream_life)
+    end
+    redis.call('PEXPIRE', meta, math.floor(keep * 1.5))
+    redis.call('HSET', meta, 'x', ts + stream_life)
+  end
   redis.call('PUBLISH', live, '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ts .. ',"b":' .. body .. '}')
   if idem then
     redis.call('SET', idem, offset .. ':' .. epoch, 'PX', idem_ttl)

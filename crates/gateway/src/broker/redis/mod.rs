@@ -560,12 +560,14 @@ impl Broker for RedisBroker {
             stream.history_size.to_string(),
             (stream.history_ttl.as_millis() as u64).max(1).to_string(),
             self.shared.meta_ttl_ms(stream).to_string(),
+            (self.shared.config.idempotency_ttl_secs.max(1) * 1000).to_string(),
+            // The body was built by serde from checked data: the function need not
+            // decode it again (a sixth of its cost).
+            "checked".to_string(),
         ];
         let mut keys_list = vec![keys::stream(channel), keys::meta(channel)];
-        let mut args = args;
         if let Some(key) = &publication.idempotency_key {
             keys_list.push(keys::idempotency(channel, key));
-            args.push((self.shared.config.idempotency_ttl_secs.max(1) * 1000).to_string());
         }
         let reply = self.shared.fcall("sb_publish", keys_list, args).await?;
         match reply {
