@@ -128,6 +128,23 @@ def validate_helm():
         check(f"helm: {label} pod anti-affinity", "podAntiAffinity" in pod.get("affinity", {}), pod.get("affinity"))
         if label == "full values":
             check("helm: full values render HPA, ServiceMonitor, Ingress, NetworkPolicy", kinds >= {"HorizontalPodAutoscaler", "ServiceMonitor", "Ingress", "NetworkPolicy"}, kinds)
+            # Redis TLS and ACL: every file the env names is a mounted Secret key, no password in env.
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            files = {name: env.get(name, {}).get("value", "") for name in (
+                "SWITCHBOARD_BROKER__PASSWORD_FILE", "SWITCHBOARD_BROKER__TLS_CA_FILE",
+                "SWITCHBOARD_BROKER__TLS_CERT_FILE", "SWITCHBOARD_BROKER__TLS_KEY_FILE")}
+            mounted_files = set()
+            for volume, path in mounts.items():
+                secret = volumes.get(volume, {}).get("secret", {})
+                items = secret.get("items") or [{"path": "tls.crt"}, {"path": "tls.key"}]
+                mounted_files.update(f"{path}/{item['path']}" for item in items)
+            check("helm: Redis password and TLS files come from mounted Secrets",
+                  all(files.values()) and set(files.values()) <= mounted_files and "SWITCHBOARD_BROKER__PASSWORD" not in env,
+                  (files, sorted(mounted_files)))
+            check("helm: Redis ACL user and TLS server name passed",
+                  env.get("SWITCHBOARD_BROKER__USERNAME", {}).get("value") == "gateway"
+                  and env.get("SWITCHBOARD_BROKER__TLS_SERVER_NAME", {}).get("value") == "redis-master.redis.svc.cluster.local",
+                  env.keys())
 
 
 if __name__ == "__main__":

@@ -114,8 +114,26 @@ impl Default for NodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `memory://` for the embedded single-node broker, or `redis://[user:password@]host:port[/db]`
-    /// (Redis >= 7) for a cluster of nodes. Default `memory://`.
+    /// (`rediss://` for TLS) of a Redis >= 7 shared by a cluster of nodes. Default `memory://`.
     pub url: String,
+    /// Redis ACL user, overriding the URL's. Default: the URL's (or `default`).
+    pub username: Option<String>,
+    /// Redis password, overriding the URL's. Default: the URL's (or none).
+    pub password: Option<String>,
+    /// Path of a file holding the Redis password (one trailing newline ignored), used when
+    /// `password` is not set; suits Kubernetes and Docker secrets. Default: none.
+    pub password_file: Option<String>,
+    /// `rediss://`: PEM file of the CA certificates to trust (a private CA). Default: the
+    /// system's trust store.
+    pub tls_ca_file: Option<String>,
+    /// `rediss://`: PEM client certificate (chain) for servers that require one
+    /// (`tls-auth-clients yes`); needs `tls_key_file`. Default: none.
+    pub tls_cert_file: Option<String>,
+    /// `rediss://`: PEM private key of `tls_cert_file`. Default: none.
+    pub tls_key_file: Option<String>,
+    /// `rediss://`: the name the server's certificate must carry, when it is not the URL's
+    /// host (e.g. connecting by IP address). Default: the URL's host.
+    pub tls_server_name: Option<String>,
     /// How long a channel's stream metadata (epoch and last offset) outlives its last
     /// publication, in seconds; after that the next publication starts a new epoch.
     /// Never shorter than the namespace's history TTL. Default 86400.
@@ -143,10 +161,24 @@ pub struct BrokerConfig {
     pub unpublished_stream_ttl_secs: u64,
 }
 
+impl BrokerConfig {
+    /// Whether the broker is Redis (`redis://` or `rediss://`).
+    pub fn is_redis(&self) -> bool {
+        self.url.starts_with("redis://") || self.url.starts_with("rediss://")
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: "memory://".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
             stream_meta_ttl_secs: 86_400,
             presence_ttl_secs: 30,
             probe_interval_ms: 1_000,
@@ -538,8 +570,8 @@ impl Config {
         if self.heartbeat.ping_interval_ms == 0 {
             return Err(ConfigError::Invalid("heartbeat.ping_interval_ms must be positive".into()));
         }
-        self.rpc.validate(self.broker.url.starts_with("redis://"))?;
-        self.lifecycle.validate(self.broker.url.starts_with("redis://"))?;
+        self.rpc.validate(self.broker.is_redis())?;
+        self.lifecycle.validate(self.broker.is_redis())?;
         if self.auth.connect_hook && !self.rpc.routes.iter().any(|route| route.matches(CONNECT_HOOK)) {
             return Err(ConfigError::Invalid(format!(
                 "auth.connect_hook is on but no rpc route serves `{CONNECT_HOOK}`"

@@ -103,7 +103,7 @@ impl Node {
             );
             spawn_sweeper(broker.clone(), rules.clone(), metrics.clone());
             broker
-        } else if url.starts_with("redis://") {
+        } else if config.broker.is_redis() {
             RedisBroker::start(
                 &config.broker,
                 &id,

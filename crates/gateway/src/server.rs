@@ -34,6 +34,9 @@ pub enum ServeError {
     /// The listener failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// The broker refused the node at start (e.g. wrong Redis credentials).
+    #[error("broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// Serves one node on `listener` until `shutdown` resolves, then drains.
@@ -46,6 +49,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let node = Node::new(config)?;
+    // Wrong Redis credentials are a configuration error: stop now, with Redis's answer,
+    // rather than run forever not ready.
+    node.broker.check_credentials().await?;
     serve(listener, node, shutdown).await
 }
 

@@ -63,6 +63,86 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     persistence: Persistence,
     child: Option<Child>,
+    /// With TLS: the TLS port and the server's arguments for it.
+    tls: Option<(u16, Vec<String>)>,
+}
+
+/// PEM files of a server certificate for `127.0.0.1`/`localhost` and the CA that signed it.
+pub struct TlsFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a CA and a server certificate for `127.0.0.1` and `localhost` in `dir`, with
+    /// the `openssl` command.
+    ///
+    /// # Panics
+    /// When `openssl` is missing or fails.
+    #[allow(clippy::expect_used)]
+    pub fn generate(dir: &Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=switchboard-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            .expect("write ext.cnf");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") }
+    }
 }
 
 impl RedisServer {
@@ -73,9 +153,51 @@ impl RedisServer {
     #[allow(clippy::expect_used)]
     pub fn start(persistence: Persistence) -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut server = RedisServer { port: free_port(), dir, persistence, child: None };
+        let mut server = RedisServer { port: free_port(), dir, persistence, child: None, tls: None };
         server.spawn();
         server
+    }
+
+    /// Starts `redis-server` with a plain port (for `redis-cli` and readiness) and a TLS
+    /// port serving `files` (client certificates not required).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[allow(clippy::expect_used)]
+    pub fn start_tls(files: &TlsFiles) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let tls_port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&files.cert),
+            "--tls-key-file".into(),
+            path(&files.key),
+            "--tls-ca-cert-file".into(),
+            path(&files.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            persistence: Persistence::None,
+            child: None,
+            tls: Some((tls_port, args)),
+        };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`, for a server started with [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    /// When the server has no TLS port.
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}")
     }
 
     #[allow(clippy::expect_used)]
@@ -86,6 +208,7 @@ impl RedisServer {
             .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.tls.iter().flat_map(|(_, args)| args.iter()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -237,8 +360,19 @@ impl Gateway {
     ///
     /// # Panics
     /// When the process does not start or become ready in time.
-    #[allow(clippy::expect_used)]
     pub fn start_at(binary: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let gateway = Gateway::start_listening(binary, listen, args, env);
+        gateway.wait_ready();
+        gateway
+    }
+
+    /// Starts `binary` like [`Gateway::start`] but returns once it listens, ready or not
+    /// (e.g. to check that it stays not ready).
+    ///
+    /// # Panics
+    /// When the process does not start listening in time.
+    #[allow(clippy::expect_used)]
+    pub fn start_listening(binary: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(binary)
             .args(["--listen", listen, "--log-format", "json"])
             .args(args)
@@ -270,9 +404,7 @@ impl Gateway {
             }
         });
         let addr = address_rx.recv_timeout(STARTUP).expect("gateway reports its listen address");
-        let gateway = Gateway { child: Some(child), addr, logs };
-        gateway.wait_ready();
-        gateway
+        Gateway { child: Some(child), addr, logs }
     }
 
     /// Waits until `/readyz` answers 200.

@@ -90,8 +90,8 @@ The redis URL, checked. Fails with a clear message when missing or not redis://.
 {{- if not $url }}
 {{- fail "redis.url is required: the Redis (>= 7) endpoint shared by every node, e.g. --set redis.url=redis://redis.default.svc:6379" }}
 {{- end }}
-{{- if not (hasPrefix "redis://" $url) }}
-{{- fail (printf "redis.url must start with redis:// (no TLS, Cluster or Sentinel client); got %q" $url) }}
+{{- if not (or (hasPrefix "redis://" $url) (hasPrefix "rediss://" $url)) }}
+{{- fail (printf "redis.url must start with redis:// or rediss:// (no Cluster or Sentinel client yet); got %q" $url) }}
 {{- end }}
 {{- $url }}
 {{- end }}

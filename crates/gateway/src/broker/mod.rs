@@ -322,6 +322,15 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// At start: fails when the broker refused the node's credentials (Redis `AUTH`),
+    /// waiting a little for the first connection. The embedded broker has none.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] with the broker's refusal.
+    async fn check_credentials(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// Whether the broker can currently serve requests (feeds `/readyz`).
     fn is_ready(&self) -> bool;
 }

@@ -9,6 +9,7 @@
 //! `subscriber`). Both reconnect with exponential backoff; commands fail fast while Redis
 //! is unreachable (the session answers 115 `unavailable`), and client WebSockets stay up.
 
+mod connection;
 mod lifecycle;
 mod registry;
 mod rpc;
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use fred::{clients::SubscriberClient, prelude::*};
 use switchboard_protocol::{ClientInfo, StreamPosition};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast::error::RecvError, watch};
 
 use super::{
     Broker, BrokerError, Control, EventSink, HistoryPage, JoinFrom, JoinRequest, Joined, LifecycleEvent,
@@ -84,20 +85,58 @@ fn link_down(client: &impl EventInterface) -> Arc<AtomicBool> {
                 // applied after it.
                 biased;
                 error = errors.recv() => match error {
-                    Ok((error, _)) if matches!(error.kind(), ErrorKind::IO | ErrorKind::Canceled) => {
-                        flag.store(true, Ordering::Release);
+                    Ok((error, _)) if matches!(error.kind(), ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Tls | ErrorKind::Auth) => {
+                        // Logged once per outage (fred reports every failed reconnect): a
+                        // wrong CA, password or address says so in the log right away.
+                        if !flag.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(%error, "redis connection down");
+                        }
                     }
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return,
                 },
                 connect = connects.recv() => match connect {
-                    Ok(_) | Err(RecvError::Lagged(_)) => flag.store(false, Ordering::Release),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if flag.swap(false, Ordering::AcqRel) {
+                            tracing::info!("redis connection back");
+                        }
+                    }
                     Err(RecvError::Closed) => return,
                 },
             }
         }
     });
     down
+}
+
+/// The outcome of the command client's first connection: `Ok` once connected, the error
+/// when Redis refused the credentials (an address that does not answer yet is neither:
+/// Redis may start after the nodes). Must be called before the client connects.
+fn first_outcome(client: &impl EventInterface) -> watch::Receiver<Option<Result<(), String>>> {
+    let (tx, rx) = watch::channel(None);
+    let (mut errors, mut connects) = (client.error_rx(), client.reconnect_rx());
+    tokio::spawn(async move {
+        let outcome = tokio::select! {
+            error = async {
+                loop {
+                    match errors.recv().await {
+                        Ok((error, _)) if matches!(error.kind(), ErrorKind::Auth) => return Some(error.to_string()),
+                        Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            } => match error {
+                Some(error) => Err(error),
+                None => return,
+            },
+            connected = connects.recv() => match connected {
+                Ok(_) | Err(RecvError::Lagged(_)) => Ok(()),
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let _ = tx.send(Some(outcome));
+    });
+    rx
 }
 
 /// Broadcast capacity of the command client's event channels (fred's default).
@@ -114,6 +153,8 @@ const SUBSCRIBER_BROADCAST_CAPACITY: usize = 1 << 13;
 /// The Redis broker.
 pub struct RedisBroker {
     shared: Arc<RedisShared>,
+    /// The first connection's outcome, for [`RedisBroker::check_credentials`].
+    first: watch::Receiver<Option<Result<(), String>>>,
     subscriber: subscriber::Subscriber,
     /// Presence entries of this node's connections, refreshed before they expire.
     local_presence: Arc<DashMap<String, HashMap<String, ClientInfo>>>,
@@ -133,7 +174,7 @@ impl RedisBroker {
         rpc_max_len: u64,
         lifecycle: &LifecycleConfig,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let mut redis_config = Config::from_url(&config.url)?;
+        let mut redis_config = connection::redis_config(config)?;
         redis_config.fail_fast = true;
         let command_timeout = Duration::from_millis(config.command_timeout_ms);
         // fred preallocates every broadcast channel of a client (messages, errors,
@@ -158,6 +199,7 @@ impl RedisBroker {
         };
         let client = builder(COMMAND_BROADCAST_CAPACITY).build()?;
         let pubsub: SubscriberClient = builder(SUBSCRIBER_BROADCAST_CAPACITY).build_subscriber_client()?;
+        let first = first_outcome(&client);
         let shared = Arc::new(RedisShared {
             command_link_down: link_down(&client),
             pubsub_link_down: link_down(&pubsub),
@@ -177,11 +219,29 @@ impl RedisBroker {
         let subscriber = subscriber::Subscriber::start(pubsub.clone(), shared.clone());
         client.connect();
         pubsub.connect();
-        let broker = Arc::new(RedisBroker { shared, subscriber, local_presence: Arc::new(DashMap::new()) });
+        let broker =
+            Arc::new(RedisBroker { shared, first, subscriber, local_presence: Arc::new(DashMap::new()) });
         broker.spawn_presence_keeper();
         registry::spawn(broker.shared.clone());
         lifecycle::spawn(broker.shared.clone());
         Ok(broker)
+    }
+
+    /// Waits up to `wait` for the first connection: an error when Redis refused the
+    /// credentials (the node should not start), `Ok` when connected or when Redis did not
+    /// answer in time (it may start later; readiness stays false meanwhile).
+    async fn first_connection(&self, wait: Duration) -> Result<(), BrokerError> {
+        let mut first = self.first.clone();
+        let outcome = match tokio::time::timeout(wait, first.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone(),
+            _ => None,
+        };
+        match outcome {
+            Some(Err(error)) => {
+                Err(BrokerError::Unavailable(format!("redis refused the credentials: {error}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Refreshes this node's presence entries and expires dead ones (emitting their
@@ -652,6 +712,11 @@ impl Broker for RedisBroker {
             live.iter().filter_map(|l| keys::channel_of_live(l)).map(str::to_string).collect();
         channels.sort_unstable();
         Ok(channels)
+    }
+
+    async fn check_credentials(&self) -> Result<(), BrokerError> {
+        let wait = Duration::from_millis(self.shared.config.command_timeout_ms.max(1000));
+        self.first_connection(wait).await
     }
 
     async fn lifecycle(&self, event: LifecycleEvent<'_>) -> Result<(), BrokerError> {
