@@ -584,9 +584,10 @@ fn forbids_reconnect(code: u16) -> bool {
 
 fn connect_refused(error: ErrorBody) -> Ended {
     match error.code {
-        // Expired: the provider is asked for a new token on the next attempt.
-        Code::TokenExpired | Code::Unavailable | Code::Internal | Code::TooManyRequests => {
-            Ended::Lost { code: Some(error.code), reason: error.message, advised: None }
+        // Expired: the provider is asked for a new token on the next attempt. Temporary
+        // (115, 100, 111, and 118 from a connect hook that timed out): try again.
+        code if code == Code::TokenExpired || code.is_temporary() => {
+            Ended::Lost { code: Some(code), reason: error.message, advised: None }
         }
         code => Ended::Closed { code: Some(code), reason: error.message },
     }
