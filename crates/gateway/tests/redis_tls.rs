@@ -66,8 +66,16 @@ async fn nodes_work_over_tls_with_an_acl_user_and_refuse_a_wrong_ca_or_password(
     .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(alice.publication().await.data, json!({"n": 1}));
+    // A backend through the publisher crate, over TLS as the same ACL user.
+    let port = url.rsplit(':').next().unwrap();
+    let options =
+        switchboard_publisher::RedisOptions::new(format!("rediss://gateway:s3cret-pass@127.0.0.1:{port}"))
+            .ca_file(files.ca.display().to_string());
+    let publisher = switchboard_publisher::Publisher::connect_with(&options).await.unwrap();
+    publisher.publish("tls-news", &json!({"n": 2}), &Default::default()).await.unwrap();
+    assert_eq!(alice.publication().await.data, json!({"n": 2}));
     let history = alice.ok("history", json!({"channel": "tls-news"})).await;
-    assert_eq!(history["publications"].as_array().unwrap().len(), 1);
+    assert_eq!(history["publications"].as_array().unwrap().len(), 2);
     alice.ok("presence", json!({"channel": "tls-news"})).await;
     fixture::eventually("the connect is in the lifecycle stream", || async {
         redis.cli(&["XLEN", "sb:{lifecycle}:events"]).trim() != "0"

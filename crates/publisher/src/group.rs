@@ -13,6 +13,8 @@ use redis::{
     RedisError, Value,
 };
 
+use crate::RedisOptions;
+
 /// One stream entry: its id and fields (non-text fields are left out).
 pub(crate) struct RawEntry {
     pub(crate) id: String,
@@ -33,15 +35,15 @@ pub(crate) struct GroupReader {
 }
 
 impl GroupReader {
-    /// Connects twice to `url` (one connection blocks in reads), as consumer `consumer`
+    /// Connects twice (one connection blocks in reads), as consumer `consumer`
     /// of `group` on `stream`.
     pub(crate) async fn connect(
-        url: &str,
+        options: &RedisOptions,
         stream: String,
         group: &str,
         consumer: String,
     ) -> Result<GroupReader, RedisError> {
-        let client = redis::Client::open(url)?;
+        let client = options.client()?;
         let block = Duration::from_secs(1);
         let reads_config =
             ConnectionManagerConfig::new().set_response_timeout(Some(block + Duration::from_secs(5)));

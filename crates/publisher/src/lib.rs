@@ -13,8 +13,10 @@
 //! Retrying is safe with an idempotency key: a retried publish within the key's window
 //! is stored and delivered once and returns the original offset.
 
+mod connection;
 mod group;
 pub mod lifecycle;
+pub use connection::RedisOptions;
 pub mod worker;
 
 use std::{collections::HashMap, sync::Arc};
@@ -178,13 +180,22 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects to Redis (`redis://host:port[/db]`), loads the Functions library and
-    /// reads the gateways' namespaces.
+    /// Connects to Redis (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS
+    /// with the system's trust store), loads the Functions library and reads the
+    /// gateways' namespaces.
     ///
     /// # Errors
     /// [`PublishError`] when Redis cannot be reached or refuses the library.
     pub async fn connect(url: &str) -> Result<Publisher, PublishError> {
-        let client = redis::Client::open(url)?;
+        Publisher::connect_with(&RedisOptions::new(url)).await
+    }
+
+    /// [`Publisher::connect`] with TLS options (a private CA, a client certificate).
+    ///
+    /// # Errors
+    /// As [`Publisher::connect`]; also a TLS file that cannot be read.
+    pub async fn connect_with(options: &RedisOptions) -> Result<Publisher, PublishError> {
+        let client = options.client()?;
         let connection = client.get_connection_manager().await?;
         let publisher = Publisher {
             connection,

@@ -41,6 +41,7 @@ use switchboard_protocol::redis as keys;
 use crate::{
     group::{GroupReader, RawEntry},
     worker::WorkerError,
+    RedisOptions,
 };
 
 /// What happened to a connection.
@@ -97,8 +98,17 @@ impl LifecycleConsumer {
     /// # Errors
     /// [`WorkerError::Redis`] when Redis cannot be reached.
     pub async fn connect(url: &str, group: &str) -> Result<LifecycleConsumer, WorkerError> {
+        LifecycleConsumer::connect_with(&RedisOptions::new(url), group).await
+    }
+
+    /// [`LifecycleConsumer::connect`] with TLS options.
+    ///
+    /// # Errors
+    /// As [`LifecycleConsumer::connect`]; also a TLS file that cannot be read.
+    pub async fn connect_with(options: &RedisOptions, group: &str) -> Result<LifecycleConsumer, WorkerError> {
         let consumer = format!("lifecycle-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let reader = GroupReader::connect(url, keys::LIFECYCLE_EVENTS.to_string(), group, consumer).await?;
+        let reader =
+            GroupReader::connect(options, keys::LIFECYCLE_EVENTS.to_string(), group, consumer).await?;
         Ok(LifecycleConsumer { reader })
     }
 

@@ -37,7 +37,10 @@ use serde_json::Value as Json;
 use switchboard_protocol::redis as keys;
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use crate::group::{GroupReader, RawEntry};
+use crate::{
+    group::{GroupReader, RawEntry},
+    RedisOptions,
+};
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +108,16 @@ impl Worker {
     /// # Errors
     /// [`WorkerError::Redis`] when Redis cannot be reached.
     pub async fn connect(url: &str, stream: &str) -> Result<Worker, WorkerError> {
+        Worker::connect_with(&RedisOptions::new(url), stream).await
+    }
+
+    /// [`Worker::connect`] with TLS options.
+    ///
+    /// # Errors
+    /// As [`Worker::connect`]; also a TLS file that cannot be read.
+    pub async fn connect_with(options: &RedisOptions, stream: &str) -> Result<Worker, WorkerError> {
         let consumer = format!("worker-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let reader = GroupReader::connect(url, keys::rpc_stream(stream), "workers", consumer).await?;
+        let reader = GroupReader::connect(options, keys::rpc_stream(stream), "workers", consumer).await?;
         Ok(Worker { reader, concurrency: 16 })
     }
 
