@@ -43,6 +43,9 @@ struct Channel {
     epoch: Option<String>,
     /// Supplies a subscription token for every (re)subscribe, when the channel needs one.
     token: Option<TokenProvider>,
+    /// Subscribed by the server (connect hook, a backend's subscribe): not resubscribed
+    /// by the client; the next connect says whether it still is.
+    server: bool,
 }
 
 enum Pending {
@@ -85,6 +88,8 @@ pub(crate) struct Driver {
     /// Shared with the application's personal [`crate::Subscription`], named on first connect.
     personal_channel: Arc<OnceLock<String>>,
     channels: HashMap<String, Channel>,
+    /// Where subscriptions the server made go, for the application to take.
+    server_subscriptions: mpsc::Sender<crate::Subscription>,
     waiting: Vec<(String, oneshot::Sender<Result<(), ClientError>>)>,
     attempt: u32,
     url: usize,
@@ -98,16 +103,18 @@ impl Driver {
         state: watch::Sender<ConnectionState>,
         personal: mpsc::Sender<Event>,
         personal_channel: Arc<OnceLock<String>>,
+        server_subscriptions: mpsc::Sender<crate::Subscription>,
     ) -> Driver {
         Driver {
             config,
             outbox: VecDeque::new(),
             requests,
             state,
-            personal: Channel { events: personal, position: None, epoch: None, token: None },
+            personal: Channel { events: personal, position: None, epoch: None, token: None, server: true },
             personal_name: None,
             personal_channel,
             channels: HashMap::new(),
+            server_subscriptions,
             waiting: Vec::new(),
             attempt: 0,
             url: 0,
@@ -157,7 +164,8 @@ impl Driver {
     fn offline(&mut self, request: Request) {
         match request {
             Request::Subscribe { channel, events, token, reply } => {
-                self.channels.insert(channel.clone(), Channel { events, position: None, epoch: None, token });
+                let state = Channel { events, position: None, epoch: None, token, server: false };
+                self.channels.insert(channel.clone(), state);
                 self.waiting.push((channel, reply));
             }
             Request::Unsubscribe { channel, reply } => {
@@ -218,6 +226,16 @@ impl Driver {
         if let Some(position) = &self.personal.position {
             params["recover"] = json!(position);
         }
+        // Where the server's own channels (a connect hook's) were: it recovers them.
+        let server_positions: serde_json::Map<String, Value> = self
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.server)
+            .filter_map(|(name, channel)| Some((name.clone(), json!(channel.position.as_ref()?))))
+            .collect();
+        if !server_positions.is_empty() {
+            params["channels"] = Value::Object(server_positions);
+        }
         let connect_id = match connection.send(&mut socket, "connect", params).await {
             Ok(id) => id,
             Err(error) => return lost(error),
@@ -252,10 +270,31 @@ impl Driver {
             client: result.client.clone(),
             node: result.node.clone(),
         });
-        if let Some(personal) = result.subscriptions.into_iter().next() {
-            self.personal_name = Some(personal.channel.clone());
-            let _ = self.personal_channel.set(personal.channel.clone());
-            apply_subscribed(&mut self.personal, &personal).await;
+        let personal_name = (!result.user.is_empty()).then(|| format!("user:{}", result.user));
+        let mut still_server: Vec<String> = Vec::new();
+        for subscribed in result.subscriptions {
+            if Some(&subscribed.channel) == personal_name.as_ref() {
+                self.personal_name = Some(subscribed.channel.clone());
+                let _ = self.personal_channel.set(subscribed.channel.clone());
+                apply_subscribed(&mut self.personal, &subscribed).await;
+            } else {
+                still_server.push(subscribed.channel.clone());
+                self.server_subscribed(&subscribed).await;
+            }
+        }
+        // Server channels this connection no longer has (a backend's subscribe lasts one
+        // connection; a connect hook may name others now): their streams end.
+        let gone: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(name, channel)| channel.server && !still_server.contains(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(channel) = self.channels.remove(&name) {
+                let reason = "the server did not subscribe this connection again".to_string();
+                let _ = channel.events.send(Event::Unsubscribed { reason }).await;
+            }
         }
         // Resubscribe every channel from its position; new subscriptions made while
         // disconnected get their reply when their subscribe is answered.
@@ -264,6 +303,7 @@ impl Driver {
         let channels: Vec<(String, Option<StreamPosition>, Option<TokenProvider>)> = self
             .channels
             .iter()
+            .filter(|(_, channel)| !channel.server)
             .map(|(name, channel)| (name.clone(), channel.position.clone(), channel.token.clone()))
             .collect();
         for (channel, position, token) in channels {
@@ -394,7 +434,10 @@ impl Driver {
                         }
                     }
                 }
-                self.channels.insert(channel.clone(), Channel { events, position: None, epoch: None, token });
+                self.channels.insert(
+                    channel.clone(),
+                    Channel { events, position: None, epoch: None, token, server: false },
+                );
                 let id = connection.send(socket, "subscribe", params).await?;
                 connection.pending.insert(id, Pending::Subscribe { channel, reply: Some(reply) });
             }
@@ -516,9 +559,32 @@ impl Driver {
                 Err(error) => tracing::warn!(%error, "token provider failed on refresh"),
             },
             Push::Disconnect(disconnect) => *notice = Some(disconnect),
-            Push::Subscribe(_) => {}
+            Push::Subscribe(subscribed) => self.server_subscribed(&subscribed).await,
         }
         None
+    }
+
+    /// A channel the server subscribed this connection to: known ones (a reconnect) go
+    /// on from the result; new ones become a [`crate::Subscription`] for the application
+    /// ([`crate::Client::next_server_subscription`]), or are left when it does not want
+    /// them.
+    async fn server_subscribed(&mut self, result: &SubscribeResult) {
+        if let Some(channel) = self.channels.get_mut(&result.channel) {
+            return apply_subscribed(channel, result).await;
+        }
+        let (events, receiver) = mpsc::channel(self.config.subscription_buffer.max(1));
+        let subscription = crate::Subscription {
+            channel: Arc::new(OnceLock::from(result.channel.clone())),
+            events: receiver,
+        };
+        if self.server_subscriptions.try_send(subscription).is_err() {
+            // Nobody takes them (or too many untaken): the events would only pile up.
+            tracing::debug!(channel = %result.channel, "server subscription not taken by the application");
+            return;
+        }
+        let mut channel = Channel { events, position: None, epoch: None, token: None, server: true };
+        apply_subscribed(&mut channel, result).await;
+        self.channels.insert(result.channel.clone(), channel);
     }
 
     fn channel_mut(&mut self, name: &str) -> Option<&mut Channel> {

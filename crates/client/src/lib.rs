@@ -246,7 +246,12 @@ pub struct Client {
     state: watch::Receiver<ConnectionState>,
     timeout: Duration,
     buffer: usize,
+    server: Arc<tokio::sync::Mutex<mpsc::Receiver<Subscription>>>,
 }
+
+/// Server-made subscriptions waiting for [`Client::next_server_subscription`]; more are
+/// left (not subscribed to by the client) rather than piling up events.
+const SERVER_SUBSCRIPTIONS_QUEUED: usize = 64;
 
 impl Client {
     /// Starts connecting in the background. The returned subscription is the personal
@@ -257,11 +262,30 @@ impl Client {
         let (timeout, buffer) = (config.request_timeout, config.subscription_buffer.max(1));
         let (personal_tx, personal_rx) = mpsc::channel(buffer);
         let personal_channel = Arc::new(OnceLock::new());
-        tokio::spawn(
-            driver::Driver::new(config, requests_rx, state_tx, personal_tx, personal_channel.clone()).run(),
+        let (server_tx, server_rx) = mpsc::channel(SERVER_SUBSCRIPTIONS_QUEUED);
+        let driver = driver::Driver::new(
+            config,
+            requests_rx,
+            state_tx,
+            personal_tx,
+            personal_channel.clone(),
+            server_tx,
         );
+        tokio::spawn(driver.run());
         let personal = Subscription { channel: personal_channel, events: personal_rx };
-        (Client { requests, state, timeout, buffer }, personal)
+        let server = Arc::new(tokio::sync::Mutex::new(server_rx));
+        (Client { requests, state, timeout, buffer, server }, personal)
+    }
+
+    /// The next subscription the server made for this connection: a channel the connect
+    /// hook named, or one a backend subscribed the user to (`POST /api/v1/users/subscribe`,
+    /// the publisher crate's `subscribe_user`). Like every subscription it must be read;
+    /// one dropped is left. The server's subscriptions last one connection: after a
+    /// reconnect the ones the server does not make again end with
+    /// [`Event::Unsubscribed`], while a connect hook's come back and recover. `None` once
+    /// the client stopped.
+    pub async fn next_server_subscription(&self) -> Option<Subscription> {
+        self.server.lock().await.recv().await
     }
 
     /// Connection state changes.

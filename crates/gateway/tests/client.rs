@@ -462,3 +462,33 @@ async fn publications_made_while_the_gateway_is_down_land_once_after_it_is_back(
     let long = json!({"channel": "chat:votes", "data": 1, "idempotency_key": "k".repeat(129)});
     assert_eq!(voter.err("publish", long).await.code, Code::BadRequest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_a_backend_makes_reach_the_application_and_end_with_the_connection() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let mut nodes = start_nodes(&redis, 2);
+    let (client, _personal) =
+        Client::connect(client_config(vec![nodes[0].ws_url(), nodes[1].ws_url()], "u9", Encoding::Json));
+    client.wait_connected().await.unwrap();
+    let publisher = switchboard_publisher::Publisher::connect(&redis.url()).await.unwrap();
+    assert!(publisher.subscribe_user("u9", "dao:alerts-u9", None).await.unwrap());
+    let mut alerts =
+        tokio::time::timeout(fixture::WAIT, client.next_server_subscription()).await.unwrap().unwrap();
+    assert_eq!(alerts.channel(), "dao:alerts-u9");
+    assert!(matches!(next(&mut alerts).await, Event::Subscribed { recovered: None, .. }));
+    let options = switchboard_publisher::PublishOptions::event("alert");
+    publisher.publish("dao:alerts-u9", &json!("margin call"), &options).await.unwrap();
+    match next(&mut alerts).await {
+        Event::Publication(publication) => assert_eq!(publication.data, json!("margin call")),
+        other => panic!("{other:?}"),
+    }
+    // A backend's subscription lasts one connection: after the node is lost, the client
+    // reconnects to the other node and the stream ends, saying why.
+    nodes[0].kill9();
+    match next(&mut alerts).await {
+        Event::Unsubscribed { reason } => assert!(reason.contains("did not subscribe"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    client.wait_connected().await.unwrap();
+}
