@@ -24,6 +24,8 @@ enum Scenario {
     Failover(scenarios::failover::Failover),
     /// What the kernel alone charges here per delivery and per connection (no gateway).
     Floor(scenarios::floor::Floor),
+    /// Redis's own CPU per `FCALL sb_publish`, pipelined over many channels.
+    RedisPublish(scenarios::redis_publish::RedisPublish),
     /// Round trips through an RPC route (stream workers or an HTTP endpoint).
     Rpc(scenarios::rpc::Rpc),
     /// Churn for a while: gateway RSS, descriptors, tasks and Redis keys before and after.
@@ -42,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Floor(s) => ("floor", scenarios::floor::run(s).await?),
         Scenario::Soak(s) => ("soak", scenarios::soak::run(s).await?),
         Scenario::Rpc(s) => ("rpc", scenarios::rpc::run(s).await?),
+        Scenario::RedisPublish(s) => ("redis-publish", scenarios::redis_publish::run(s).await?),
     };
     report(name, &result);
     Ok(())

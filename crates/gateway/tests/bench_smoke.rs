@@ -300,3 +300,28 @@ async fn rpc_runs_through_the_stream_and_http_routes() {
     // Every request was answered and deleted: nothing waits in the stream.
     assert_eq!(redis.cli(&["XLEN", "sb:rpc:{bench}"]).trim(), "0");
 }
+
+/// The redis-publish scenario: Redis's own CPU per publication, both ways of calling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publish_measures_redis_cpu_per_publication() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(Persistence::None);
+    let report = scenarios::redis_publish::run(scenarios::redis_publish::RedisPublish {
+        redis: redis.url(),
+        channels: 10,
+        publications: 2_000,
+        batch: 50,
+        payload: 20,
+        history: 30,
+    })
+    .await
+    .unwrap();
+    for variant in ["unchecked", "checked"] {
+        let result = &report["results"][variant];
+        assert!(result["redis_cpu_us_per_publication"].as_f64().is_some_and(|us| us >= 0.0), "{report}");
+        assert!(result["publications_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // 8 000 publications over 10 channels, every stream trimmed to the history size.
+    assert_eq!(redis.cli(&["XLEN", "sb:{bench:redis-3}:stream"]).trim(), "30");
+    assert_eq!(redis.cli(&["HGET", "sb:{bench:redis-3}:meta", "offset"]).trim(), "800");
+}

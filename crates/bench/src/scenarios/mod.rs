@@ -5,6 +5,7 @@ pub mod failover;
 pub mod fanout;
 pub mod floor;
 pub mod idle;
+pub mod redis_publish;
 pub mod rooms;
 pub mod rpc;
 pub mod soak;
