@@ -69,6 +69,14 @@ pub struct Metrics {
     pub rpc_pending: IntGaugeVec,
     /// RPC replies that arrived after their caller stopped waiting (dropped).
     pub rpc_late_replies: IntCounter,
+    /// Lifecycle: disconnects waiting to be written (Redis unreachable).
+    pub lifecycle_pending_disconnects: IntGauge,
+    /// Lifecycle: disconnects dropped because too many were waiting.
+    pub lifecycle_dropped_disconnects: IntCounter,
+    /// Lifecycle: disconnects this node recorded for dead nodes' connections.
+    pub lifecycle_reaped: IntCounter,
+    /// Lifecycle: connections recorded again after this node had been reaped.
+    pub lifecycle_resumed: IntCounter,
     /// Live messages or stream entries that could not be decoded.
     pub broker_invalid_messages: IntCounter,
     /// Gap-fill or catch-up reads of a stream that failed and were retried.
@@ -199,6 +207,22 @@ impl Metrics {
             rpc_late_replies: counter(
                 "rpc_late_replies_total",
                 "RPC replies that arrived after the caller stopped waiting",
+            ),
+            lifecycle_pending_disconnects: gauge(
+                "lifecycle_pending_disconnects",
+                "Lifecycle disconnects waiting to be written",
+            ),
+            lifecycle_dropped_disconnects: counter(
+                "lifecycle_dropped_disconnects_total",
+                "Lifecycle disconnects dropped because too many were waiting",
+            ),
+            lifecycle_reaped: counter(
+                "lifecycle_reaped_total",
+                "Lifecycle disconnects recorded for dead nodes' connections",
+            ),
+            lifecycle_resumed: counter(
+                "lifecycle_resumed_total",
+                "Connections recorded again after this node had been reaped",
             ),
             broker_invalid_messages: counter(
                 "broker_invalid_messages_total",

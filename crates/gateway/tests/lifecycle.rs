@@ -144,6 +144,7 @@ async fn every_connect_has_exactly_one_disconnect_even_when_a_node_is_killed() {
     assert_eq!(codes, [vec!["1000", "1006"], vec!["1006"], vec!["3000"]]);
     let lost = disconnects.values().filter(|d| d["reason"] == "node lost").count();
     assert_eq!(lost, 332, "the killed node's connections");
+    assert_eq!(nodes[0].metric("switchboard_lifecycle_reaped_total"), Some(332.0));
     // Subscribes and explicit unsubscribes, 20 and 10 per node; the personal channel is
     // implied by the connect.
     assert_eq!(count(&events, "subscribe"), 60);
@@ -216,6 +217,7 @@ async fn a_disconnect_while_redis_is_down_is_recorded_once_it_is_back() {
         count(&events(&redis).await, "disconnect") == 1
     })
     .await;
+    assert_eq!(nodes[0].metric("switchboard_lifecycle_pending_disconnects"), Some(0.0));
     // A connection that cannot be recorded is refused rather than kept unseen: with
     // Redis gone, connect answers 115 and closes with 3006.
     redis.kill();
@@ -248,6 +250,7 @@ async fn a_node_that_was_frozen_past_its_ttl_records_its_connections_again() {
     })
     .await;
     kept.ok("ping", serde_json::Value::Null).await;
+    assert_eq!(nodes[0].metric("switchboard_lifecycle_resumed_total"), Some(1.0));
     kept.send_raw(tokio_tungstenite::tungstenite::Message::Close(None)).await;
     other.send_raw(tokio_tungstenite::tungstenite::Message::Close(None)).await;
     eventually("both final disconnects are recorded", || async {

@@ -97,11 +97,14 @@ impl Lifecycle {
                 if outcome.is_err() {
                     // The call may have landed: make sure the disconnect follows it.
                     self.registered.remove(client);
-                    self.queue(PendingDisconnect {
-                        client: client.to_string(),
-                        code: 3006,
-                        reason: "connect could not be recorded".into(),
-                    });
+                    self.queue(
+                        shared,
+                        PendingDisconnect {
+                            client: client.to_string(),
+                            code: 3006,
+                            reason: "connect could not be recorded".into(),
+                        },
+                    );
                 }
                 outcome
             }
@@ -111,7 +114,7 @@ impl Lifecycle {
                         PendingDisconnect { client: client.to_string(), code, reason: reason.to_string() };
                     if let Err(error) = self.disconnect(shared, &pending).await {
                         tracing::debug!(%error, client, "disconnect not recorded yet: retried on the next beat");
-                        self.queue(pending);
+                        self.queue(shared, pending);
                     }
                 }
                 Ok(())
@@ -210,13 +213,15 @@ impl Lifecycle {
         Ok(())
     }
 
-    fn queue(&self, pending: PendingDisconnect) {
+    fn queue(&self, shared: &RedisShared, pending: PendingDisconnect) {
         let mut queue = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if queue.len() >= self.config.max_pending_disconnects {
             tracing::warn!(client = %pending.client, "lifecycle disconnect dropped: too many waiting");
+            shared.metrics.lifecycle_dropped_disconnects.inc();
             return;
         }
         queue.push_back(pending);
+        shared.metrics.lifecycle_pending_disconnects.set(queue.len() as i64);
     }
 
     fn keys(&self, node: &str) -> Vec<String> {
@@ -286,6 +291,7 @@ async fn beat(shared: &RedisShared) -> Result<(), BrokerError> {
         }
         for client in clients {
             lifecycle.connect_call(shared, &client, true).await?;
+            shared.metrics.lifecycle_resumed.inc();
         }
     }
     lifecycle.alive.send_modify(|beats| *beats += 1);
@@ -295,11 +301,18 @@ async fn beat(shared: &RedisShared) -> Result<(), BrokerError> {
 async fn retry_disconnects(shared: &RedisShared) {
     let lifecycle = &shared.lifecycle;
     loop {
-        let next = lifecycle.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front();
+        let next = {
+            let mut queue = lifecycle.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let next = queue.pop_front();
+            shared.metrics.lifecycle_pending_disconnects.set(queue.len() as i64);
+            next
+        };
         let Some(pending) = next else { return };
         if let Err(error) = lifecycle.disconnect(shared, &pending).await {
             tracing::debug!(%error, "disconnect still not recorded");
-            lifecycle.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_front(pending);
+            let mut queue = lifecycle.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.push_front(pending);
+            shared.metrics.lifecycle_pending_disconnects.set(queue.len() as i64);
             return;
         }
     }
@@ -309,6 +322,7 @@ async fn reap_dead_nodes(shared: &RedisShared) -> Result<(), BrokerError> {
     let nodes: Vec<String> = shared.client.smembers(keys::LIFECYCLE_NODES).await?;
     for node in nodes.iter().filter(|node| **node != shared.node_id) {
         let reaped = reap(shared, node, false).await?;
+        shared.metrics.lifecycle_reaped.inc_by(reaped as u64);
         if reaped > 0 {
             tracing::info!(dead = %node, connections = reaped, "recorded the disconnects of a dead node's connections");
         }
