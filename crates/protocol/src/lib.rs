@@ -18,6 +18,7 @@ pub mod payload;
 pub mod push;
 pub mod redis;
 pub mod reply;
+pub mod socketio;
 
 pub use codec::{CodecError, Encoding};
 pub use codes::Code;
