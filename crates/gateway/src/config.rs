@@ -491,6 +491,8 @@ impl NamespaceConfig {
     }
 }
 
+/// Methods starting with this are the server's own (hooks): clients cannot call them.
+pub const HOOK_PREFIX: &str = "sb.";
 /// The RPC method of the connect hook.
 pub const CONNECT_HOOK: &str = "sb.connect";
 /// The RPC method of namespaces' subscribe hooks.

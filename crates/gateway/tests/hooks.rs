@@ -38,6 +38,10 @@ async fn backend(Json(request): Json<Value>) -> String {
         ("sb.publish", _) => {
             let mut stored = data["data"].clone();
             stored["id"] = json!(42);
+            assert_eq!(data["ephemeral"], false, "{data}");
+            if let Some(key) = data["idempotency_key"].as_str() {
+                stored["key"] = json!(key);
+            }
             json!({"result": {"data": stored, "event": "stored"}})
         }
         _ => json!({"error": {"code": 1404, "message": "unknown"}}),
@@ -239,4 +243,19 @@ async fn the_connect_hook_needs_a_route() {
     config.auth.connect_hook = true;
     let error = config.normalize().unwrap_err().to_string();
     assert!(error.contains("sb.connect"), "{error}");
+}
+
+#[tokio::test]
+async fn clients_cannot_call_the_hooks_and_the_publish_hook_sees_the_idempotency_key() {
+    let server = server().await;
+    let mut ann = server.connect("ann", Encoding::Json).await;
+    for method in ["sb.publish", "sb.subscribe", "sb.connect", "sb.anything"] {
+        let forged = json!({"method": method, "data": {"channel": "club:members", "data": {"text": "x"}}});
+        let error = ann.err("rpc", forged).await;
+        assert_eq!(error.code, Code::PermissionDenied, "{method}: {}", error.message);
+    }
+    ann.ok("subscribe", json!({"channel": "club:members"})).await;
+    let params = json!({"channel": "club:members", "data": {"text": "hi"}, "idempotency_key": "m-1"});
+    ann.ok("publish", params).await;
+    assert_eq!(ann.publication().await.data, json!({"text": "hi", "id": 42, "key": "m-1"}));
 }

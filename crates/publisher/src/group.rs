@@ -79,6 +79,12 @@ impl GroupReader {
 
     /// New entries for this consumer, waiting up to a second for some.
     pub(crate) async fn read(&mut self, count: usize) -> Result<Vec<RawEntry>, RedisError> {
+        self.read_from(count, ">").await
+    }
+
+    /// Entries after `id`: `>` for new ones (waiting up to a second), `0` for this
+    /// consumer's own pending ones (read before, not acknowledged).
+    pub(crate) async fn read_from(&mut self, count: usize, id: &str) -> Result<Vec<RawEntry>, RedisError> {
         let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.group)
@@ -89,7 +95,7 @@ impl GroupReader {
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&self.stream)
-            .arg(">")
+            .arg(id)
             .query_async(&mut self.reads)
             .await?;
         // [[stream, [[id, [field, value, ...]], ...]]] or nil.

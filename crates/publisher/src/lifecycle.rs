@@ -5,10 +5,12 @@
 //!
 //! Every connect is followed by exactly one disconnect, even when the connection's node
 //! died (another node records it, code 1006). A [`LifecycleConsumer`] hands events to the
-//! handler one at a time, in stream order; an event is acknowledged when the handler
-//! returns `Ok`, and one whose handler failed (or whose consumer died) is handed out
-//! again after [`LifecycleConsumer::claim_after`], so handlers must tolerate seeing an
-//! event twice (e.g. keep a per-user connection set rather than a counter).
+//! handler one at a time, in stream order, and acknowledges each when the handler
+//! returns `Ok`; a failed one is retried (order kept) until it succeeds. Order matters (a
+//! connect handled after its disconnect leaves a user online), so a group has one
+//! consumer with a stable name (the group's, by default), which at start first takes its
+//! own entries read but not acknowledged before. Handlers must tolerate seeing an event
+//! twice after a restart (e.g. keep a per-user connection set rather than a counter).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), switchboard_publisher::worker::WorkerError> {
@@ -92,8 +94,8 @@ pub struct LifecycleConsumer {
 }
 
 impl LifecycleConsumer {
-    /// Connects to Redis as a consumer of group `group` (one group per purpose: each
-    /// group sees every event once), with a random consumer name.
+    /// Connects to Redis as the consumer of group `group` (one group per purpose: each
+    /// group sees every event once), named after the group.
     ///
     /// # Errors
     /// [`WorkerError::Redis`] when Redis cannot be reached.
@@ -106,24 +108,17 @@ impl LifecycleConsumer {
     /// # Errors
     /// As [`LifecycleConsumer::connect`]; also a TLS file that cannot be read.
     pub async fn connect_with(options: &RedisOptions, group: &str) -> Result<LifecycleConsumer, WorkerError> {
-        let consumer = format!("lifecycle-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        // Stable: a restarted consumer finds its pending entries under the same name.
+        let consumer = group.to_string();
         let reader =
             GroupReader::connect(options, keys::LIFECYCLE_EVENTS.to_string(), group, consumer).await?;
         Ok(LifecycleConsumer { reader })
     }
 
-    /// Names this consumer (unique per process; shows in `XINFO CONSUMERS`).
+    /// Names this consumer (keep it stable across restarts; shows in `XINFO CONSUMERS`).
     #[must_use]
     pub fn consumer(mut self, consumer: impl Into<String>) -> LifecycleConsumer {
         self.reader.consumer = consumer.into();
-        self
-    }
-
-    /// Takes over events other consumers of the group (or a failed handler) have held
-    /// this long. Default 5 s.
-    #[must_use]
-    pub fn claim_after(mut self, idle: Duration) -> LifecycleConsumer {
-        self.reader.claim_after = idle.max(Duration::from_millis(1));
         self
     }
 
@@ -140,22 +135,14 @@ impl LifecycleConsumer {
         S: Future<Output = ()>,
     {
         self.reader.ensure_group().await?;
-        let mut last_claim = tokio::time::Instant::now();
+        // First what this consumer read before and did not acknowledge (a restart),
+        // then new entries.
+        let mut from = "0";
         tokio::pin!(stop);
         loop {
-            let next = async {
-                if last_claim.elapsed() >= self.reader.claim_after {
-                    last_claim = tokio::time::Instant::now();
-                    let claimed = self.reader.claim(64).await?;
-                    if !claimed.is_empty() {
-                        return Ok(claimed);
-                    }
-                }
-                self.reader.read(64).await
-            };
             let entries = tokio::select! {
                 () = &mut stop => return Ok(()),
-                entries = next => entries,
+                entries = self.reader.read_from(64, from) => entries,
             };
             let entries = match entries {
                 Ok(entries) => entries,
@@ -169,22 +156,24 @@ impl LifecycleConsumer {
                     continue;
                 }
             };
+            if from == "0" && entries.is_empty() {
+                from = ">";
+                continue;
+            }
             for entry in entries {
                 let id = entry.id.clone();
-                let handled = match event(entry) {
-                    Some(event) => handler(event).await.map_err(|error| error.to_string()),
-                    // Not an event this version knows: acknowledge, don't block the group.
-                    None => Ok(()),
-                };
-                match handled {
-                    Ok(()) => {
-                        if let Err(error) = self.reader.ack(&id).await {
-                            tracing::warn!(%error, %id, "cannot acknowledge a lifecycle event; it will be handed out again");
+                if let Some(event) = event(entry) {
+                    // In order: a failed event is retried before any later one.
+                    while let Err(error) = handler(event.clone()).await {
+                        tracing::warn!(%error, %id, "lifecycle handler failed; retrying");
+                        tokio::select! {
+                            () = &mut stop => return Ok(()),
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, %id, "lifecycle handler failed; the event will be handed out again")
-                    }
+                }
+                if let Err(error) = self.reader.ack(&id).await {
+                    tracing::warn!(%error, %id, "cannot acknowledge a lifecycle event; it will be handed out again");
                 }
             }
         }

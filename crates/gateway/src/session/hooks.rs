@@ -102,7 +102,16 @@ impl Session {
 
     /// Asks the publish hook; applies the `data` and `event` it answered, if any.
     pub(super) async fn publish_hook(&self, params: &mut PublishParams) -> Result<(), CommandError> {
-        let request = json!({ "channel": params.channel, "event": params.event, "data": params.data });
+        // The key and the ephemeral flag let the backend recognise a resend (the hook
+        // runs before the publication's idempotency check) and keep typing-like events
+        // ephemeral.
+        let request = json!({
+            "channel": params.channel,
+            "event": params.event,
+            "data": params.data,
+            "ephemeral": params.ephemeral,
+            "idempotency_key": params.idempotency_key,
+        });
         let answer = self.hook(PUBLISH_HOOK, request).await?;
         let mut fields = match answer {
             Value::Null => return Ok(()),

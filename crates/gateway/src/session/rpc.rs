@@ -10,11 +10,20 @@ use switchboard_protocol::{codec, command::RpcParams, reply::RpcResult, Code, En
 use tokio::sync::Semaphore;
 
 use super::Session;
-use crate::{error::CommandError, hub::to_frame, rpc::Call};
+use crate::{config::HOOK_PREFIX, error::CommandError, hub::to_frame, rpc::Call};
 
 impl Session {
     pub(super) fn rpc(&mut self, id: u64, params: RpcParams) -> Result<(), CommandError> {
         super::commands::check_idempotency_key(params.idempotency_key.as_deref())?;
+        if params.method.starts_with(HOOK_PREFIX) {
+            // Hooks reach the same backends as methods: a client must not be able to
+            // forge one (a stored but never broadcast message, a connect with made-up
+            // headers).
+            return Err(CommandError::refused(
+                Code::PermissionDenied,
+                format!("methods starting with `{HOOK_PREFIX}` are the server's own hooks"),
+            ));
+        }
         let max = self.node.config.rpc.max_in_flight_per_connection;
         // Created on the first call: most connections never make one.
         let gate = self.rpc_gate.get_or_insert_with(|| Arc::new(Semaphore::new(max))).clone();
