@@ -35,8 +35,15 @@ fi
 for app_test in "${tests[@]}"; do
   app=$(basename "$app_test" .test.mjs)
   [[ -f $app_test ]] || fail "no test $app_test"
-  [[ ! -f $ROOT/examples/$app/package.json || -d $ROOT/examples/$app/node_modules ]] ||
-    fail "npm packages of examples/$app missing: run tests/apps/setup.sh"
+  # An app whose lock has packages needs them installed (npm ci makes no node_modules
+  # for a lock without any).
+  if [[ -f $ROOT/examples/$app/package-lock.json ]] &&
+    node -e 'const l=require(process.argv[1]); process.exit(Object.keys(l.packages||{}).some(k=>k)?0:1)' "$ROOT/examples/$app/package-lock.json"; then
+    [[ -d $ROOT/examples/$app/node_modules ]] || fail "npm packages of examples/$app missing: run tests/apps/setup.sh"
+  fi
+  if [[ -f $ROOT/examples/$app/requirements.txt ]]; then
+    python3 -c 'import redis' 2>/dev/null || fail "the Python redis module is missing: run tests/apps/setup.sh"
+  fi
 done
 
 cd "$ROOT"
