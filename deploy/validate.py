@@ -147,8 +147,35 @@ def validate_helm():
                   env.keys())
 
 
+def validate_example_overlays():
+    """examples/<app>/compose.yaml: overlays on docker-compose.yml (no Docker engine here):
+    they must match the Compose specification, only extend the root file's services or add
+    their own, and mount files that exist."""
+    root_services = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
+    for path in sorted(ROOT.glob("examples/*/compose.yaml")):
+        label = path.relative_to(ROOT)
+        schema = subprocess.run(
+            ["check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+            capture_output=True, text=True,
+        )
+        check(f"{label}: matches the Compose specification", schema.returncode == 0, schema.stdout + schema.stderr)
+        overlay = yaml.safe_load(path.read_text())
+        services = overlay.get("services", {})
+        own = [name for name in services if name not in root_services]
+        check(f"{label}: new services have an image or a build", all(
+            "image" in services[name] or "build" in services[name] for name in own), own)
+        missing = []
+        for service in services.values():
+            for volume in service.get("volumes", []) or []:
+                source = str(volume).split(":")[0]
+                if source.startswith("./") and not (ROOT / source).exists() and not source.startswith("./clients/js/dist"):
+                    missing.append(source)
+        check(f"{label}: mounted files exist", not missing, missing)
+
+
 if __name__ == "__main__":
     validate_compose()
+    validate_example_overlays()
     validate_helm()
     passed, failed = results.count(True), results.count(False)
     print(f"{passed} passed, {failed} failed")

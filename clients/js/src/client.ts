@@ -79,6 +79,8 @@ export interface StateEvent {
   /** The server's code, when it gave one (disconnected, closed). */
   code?: number;
   reason?: string;
+  /** Reconnect attempts since the last successful connect (0 before the first retry). */
+  attempt: number;
 }
 
 export interface ConnectedEvent {
@@ -336,7 +338,9 @@ export class Client extends Emitter<ClientEvents> {
 
   private setState(state: ConnectionState, code?: number, reason?: string): void {
     this.currentState = state;
-    this.emit('state', { state, code, reason });
+    // `attempt`: reconnect attempts since the last successful connect (0 on the first
+    // connect), for "reconnecting (attempt n/max)" indicators.
+    this.emit('state', { state, code, reason, attempt: this.failures });
   }
 
   private async open(): Promise<void> {

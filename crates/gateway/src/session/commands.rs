@@ -251,7 +251,7 @@ impl Session {
         if namespace.config.subscribe == SubscribePolicy::Owner {
             return Err(CommandError::refused(
                 Code::PermissionDenied,
-                "this is another user's personal channel",
+                "this channel belongs to another user",
             ));
         }
         if identity.claims.grants_channel(channel) {
