@@ -169,6 +169,10 @@ export class Client extends Emitter<ClientEvents> {
   private attempt = 0;
   /** Reconnect attempts since the last successful connect. */
   private failures = 0;
+  private pendingAcks = new Map<
+    string,
+    { position: StreamPosition; waiters: Array<{ resolve: () => void; reject: (error: unknown) => void }> }
+  >();
   private retryTimer?: ReturnType<typeof setTimeout>;
   /** No reconnect before this time (the server's advice). */
   private advisedUntil = 0;
@@ -288,7 +292,30 @@ export class Client extends Emitter<ClientEvents> {
 
   /** Records that the user processed `channel` up to `position` (drives offline delivery, §3.1). */
   async ack(channel: string, position: StreamPosition): Promise<void> {
-    await this.call('ack', { channel, offset: position.offset, epoch: position.epoch });
+    if (this.conn?.connected) {
+      await this.call('ack', { channel, offset: position.offset, epoch: position.epoch });
+      return;
+    }
+    // Disconnected: keep the newest position per channel and send it right after the
+    // next connect (every earlier promise for the channel settles with it), so "mark as
+    // read" made offline is not lost.
+    const pending = this.pendingAcks.get(channel);
+    return new Promise<void>((resolve, reject) => {
+      const waiters = [...(pending?.waiters ?? []), { resolve, reject }];
+      const newer = !pending || pending.position.epoch !== position.epoch || position.offset >= pending.position.offset;
+      this.pendingAcks.set(channel, { position: newer ? position : pending.position, waiters });
+    });
+  }
+
+  /** Acks made while disconnected, sent after the next connect. */
+  private flushAcks(): void {
+    for (const [channel, { position, waiters }] of this.pendingAcks) {
+      this.pendingAcks.delete(channel);
+      this.call('ack', { channel, offset: position.offset, epoch: position.epoch }).then(
+        () => waiters.forEach((w) => w.resolve()),
+        (error) => waiters.forEach((w) => w.reject(error)),
+      );
+    }
   }
 
   /** Any command by method name; resolves with its raw result. Needs a connection. */
@@ -410,6 +437,7 @@ export class Client extends Emitter<ClientEvents> {
     // Resubscribe every channel from its position, then send what waited in the outbox.
     for (const sub of this.subs.values()) if (!sub.serverSide) void this.sendSubscribe(conn, sub);
     this.outbox.drain((call) => this.sendCall(conn, call));
+    this.flushAcks();
 
     this.connectedInfo = {
       client: result.client,
@@ -706,6 +734,8 @@ export class Client extends Emitter<ClientEvents> {
     this.unlisten = undefined;
     const error = new SwitchboardError('closed', reason, code);
     this.outbox.clear((call) => this.finish(call, error));
+    for (const { waiters } of this.pendingAcks.values()) waiters.forEach((w) => w.reject(error));
+    this.pendingAcks.clear();
     for (const waiter of this.waiters.splice(0)) waiter.reject(error);
     if (this.currentState === 'closed') return;
     this.setState('closed', code, reason);

@@ -1,6 +1,7 @@
 // Cluster mode: Redis and two gateway nodes. A node restarts while another keeps
 // publishing; the client on the restarted node recovers every publication exactly once.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { client, closeClients, config, next, record, startGateway, startRedis, token, until, sleep } from './helpers/gateway.mjs';
 
@@ -116,4 +117,28 @@ describe('two nodes on Redis', { timeout: 90_000 }, () => {
     assert.equal(publications[1].epoch, again.epoch);
     assert.equal(subscribed.length, 2);
   });
+
+  test('an ack made while disconnected is sent after the reconnect', async () => {
+    const ada = client(nodeA.url, { token: token('ada') });
+    await ada.connect();
+    const personal = ada.subscription('user:ada');
+    const { publications } = record(personal);
+    await nodeB.api('POST', 'users/publish', { user: 'ada', data: { n: 1 } });
+    await nodeB.api('POST', 'users/publish', { user: 'ada', data: { n: 2 } });
+    await until(() => publications.length === 2, 'both notifications');
+    const reconnected = next(ada, 'connected');
+    const stopped = nodeA.stop();
+    await next(ada, 'disconnected');
+    await stopped;
+    // Marked as read while offline: kept, and sent once connected again.
+    const acked = ada.ack('user:ada', personal.position);
+    nodeA = await nodeA.restart();
+    await reconnected;
+    await acked;
+    // The user's acknowledged position in Redis (what a new device's offline delivery
+    // starts after) is the one acked while offline.
+    const stored = execFileSync('redis-cli', ['-u', redis.url, 'HGET', 'sb:{user:ada}:acks', 'ada']).toString().trim();
+    assert.equal(stored.split(':')[0], String(publications[1].offset));
+  });
 });
+
