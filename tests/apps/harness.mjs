@@ -191,8 +191,12 @@ class Proc {
  * - `config`: the gateway TOML file (absolute or relative to the repo root); `broker.url`
  *   and `node.listen` are overridden; `secret`: its HS256 secret when not `auth.hmac_secret`;
  * - `gatewayEnv`: extra environment of the gateways (e.g. SWITCHBOARD_BROKER__PRESENCE_TTL_SECS);
- * - `backend({redisUrl, port, secret, root})` → `{command, args, env?, cwd?, ready?}`:
- *   the app's backend, ready when its stdout matches `ready` (default /^ready/m);
+ * - `backend({redisUrl, port, secret, root, lb})` → `{command, args, env?, cwd?, ready?}`:
+ *   the app's backend, ready when its stdout matches `ready` (default /^ready/m); `lb` is
+ *   HAProxy (`lb.http` for the HTTP API through the load balancer);
+ * - `httpRoute`: the URL of an HTTP rpc route in the config that the backend serves (e.g.
+ *   `http://127.0.0.1:3005/rpc`): the backend's port is picked first and the gateways get
+ *   a copy of the config with the route pointing at it;
  * - `web`: the page's folder; `nodes` (2) gateways; `contexts` (2) browser contexts.
  */
 export async function startHarness(options) {
@@ -207,10 +211,11 @@ export async function startHarness(options) {
 }
 
 class Harness {
-  constructor({ app, config, secret, gatewayEnv = {}, backend, web, nodes = 2, contexts = 2, viewport = { width: 1180, height: 760 } }) {
+  constructor({ app, config, secret, gatewayEnv = {}, backend, httpRoute, web, nodes = 2, contexts = 2, viewport = { width: 1180, height: 760 } }) {
     this.app = app;
     this.configFile = isAbsolute(config) ? config : join(ROOT, config);
     this.toml = readFileSync(this.configFile, 'utf8');
+    this.httpRoute = httpRoute;
     this.secret = secret ?? hmacSecret(this.toml);
     this.gatewayEnv = gatewayEnv;
     this.backendSpec = backend;
@@ -233,6 +238,7 @@ class Harness {
     mkdirSync(this.logDir, { recursive: true });
     mkdirSync(this.screenshotDir, { recursive: true });
     await this.startRedis();
+    if (this.httpRoute) await this.routeToBackend();
     for (let n = 1; n <= this.nodeCount; n++) this.gateways.push(await this.startGateway(n));
     await this.startHaproxy();
     if (this.backendSpec) await this.startBackend();
@@ -290,9 +296,20 @@ class Harness {
     await this.haproxyProc.waitReady(async () => (await httpStatus(`${this.lb.http}/readyz`)) === 200, `forwarding on port ${port}`);
   }
 
+  /** The gateways start before the backend: pick its port now and point the route at it. */
+  async routeToBackend() {
+    this.backendPort = await freePort();
+    const url = new URL(this.httpRoute);
+    const routed = this.toml.replaceAll(this.httpRoute, `http://127.0.0.1:${this.backendPort}${url.pathname}`);
+    if (routed === this.toml) throw new Error(`${this.configFile} has no route URL ${this.httpRoute}`);
+    this.configFile = join(this.tmp, 'gateway.toml');
+    writeFileSync(this.configFile, routed);
+    this.toml = routed;
+  }
+
   async startBackend() {
-    const port = await freePort();
-    const spec = this.backendSpec({ redisUrl: this.redis.url, port, secret: this.secret, root: ROOT });
+    const port = this.backendPort ?? (await freePort());
+    const spec = this.backendSpec({ redisUrl: this.redis.url, port, secret: this.secret, root: ROOT, lb: this.lb });
     const ready = spec.ready ?? /^ready/m;
     this.backendProc = new Proc('backend', spec.command, spec.args ?? [], { logDir: this.logDir, env: spec.env, cwd: spec.cwd });
     await this.backendProc.waitReady(() => ready.test(this.backendProc.stdout), `stdout matching ${ready}`);

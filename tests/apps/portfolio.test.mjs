@@ -8,48 +8,34 @@
 // each page received and shows, compared with the backend's publications and the
 // channels' offsets), never timings: every wait is for a condition, bounded.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { ROOT, freePort, startHarness, until } from './harness.mjs';
+import { ROOT, startHarness, until } from './harness.mjs';
 
 const APP = join(ROOT, 'examples/portfolio');
 const TOPICS = ['portfolio', 'kyc', 'governance'];
 const channelsOf = (user) => ({ portfolio: `portfolio:${user}`, kyc: `kyc:${user}`, governance: 'governance:all' });
 
 let h;
-let tmp;
-let backend; // the backend's own HTTP address (its port is ours: the route's URL names it)
 const pages = {};
 // While true, alice's browser refuses her page's new WebSocket connections (see the
 // validator-dashboard test): set on her context before her page opens.
 let holdAlice = false;
 
 before(async () => {
-  // The gateways post `portfolio.*` calls to the route's fixed URL (gateway.toml), and they
-  // start before the backend: pick the backend's port first and point a copy at it.
-  const port = await freePort();
-  backend = `http://127.0.0.1:${port}`;
-  tmp = mkdtempSync(join(tmpdir(), 'sb-portfolio-'));
-  const toml = readFileSync(join(APP, 'gateway.toml'), 'utf8');
-  const routed = toml.replace('url = "http://127.0.0.1:3006/rpc"', `url = "${backend}/rpc"`);
-  assert.notEqual(routed, toml, 'gateway.toml has the route URL this test rewrites');
-  const config = join(tmp, 'gateway.toml');
-  writeFileSync(config, routed);
-
   h = await startHarness({
     app: 'portfolio',
-    config,
+    config: join(APP, 'gateway.toml'),
+    // The route's URL in gateway.toml: the harness points it at the backend's port.
+    httpRoute: 'http://127.0.0.1:3006/rpc',
     gatewayEnv: { SWITCHBOARD_BROKER__PRESENCE_TTL_SECS: '6' },
-    // Called as the harness's method once HAProxy is up (`this.lb`): the backend uses the
-    // API through HAProxy, so a dead node does not stop it.
-    backend: function ({ secret }) {
+    // The backend uses the API through HAProxy (`lb`), so a dead node does not stop it.
+    backend: ({ secret, port, lb }) => {
       return {
         command: process.execPath,
         args: [join(APP, 'backend/server.mjs')],
-        env: { PORT: String(port), GATEWAY_API: this.lb.http, JWT_SECRET: secret, KYC_STEP_MS: '1000', PROPOSAL_MS: '1000' },
+        env: { PORT: String(port), GATEWAY_API: lb.http, JWT_SECRET: secret, KYC_STEP_MS: '1000', PROPOSAL_MS: '1000' },
       };
     },
     web: 'examples/portfolio/web',
@@ -58,7 +44,6 @@ before(async () => {
 
 after(async () => {
   await h?.close();
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
 async function openApp(index, user) {
@@ -70,7 +55,7 @@ async function openApp(index, user) {
 const app = (page, pick, arg) => page.evaluate(pick, arg);
 
 async function state() {
-  const response = await fetch(`${backend}/api/state`);
+  const response = await fetch(`${h.backend.http}/api/state`);
   assert.equal(response.status, 200);
   return response.json();
 }

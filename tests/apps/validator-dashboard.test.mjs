@@ -6,20 +6,16 @@
 // Asserts outcomes (what each page shows, compared with the backend's state and the
 // channel's offsets), never timings: every wait is for a condition, bounded.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { ROOT, freePort, startHarness, until } from './harness.mjs';
+import { ROOT, startHarness, until } from './harness.mjs';
 
 const APP = join(ROOT, 'examples/validator-dashboard');
 const USERS = { alice: { name: 'Alice', role: 'admin' }, bob: { name: 'Bob', role: 'viewer' } };
 const VALIDATOR_IDS = ['aurora', 'borealis', 'cygnus', 'draco', 'eridani'];
 
 let h;
-let tmp;
-let backend; // the backend's own HTTP address (its port is ours, see below)
 const pages = {};
 // While true, alice's browser refuses her page's new WebSocket connections (closes them
 // before they reach HAProxy). Playwright applies WebSocket routes to pages loaded after
@@ -28,31 +24,19 @@ const pages = {};
 let holdAlice = false;
 
 before(async () => {
-  // The gateways post `validators.*` calls to the route's fixed URL (gateway.toml), and
-  // they start before the backend: pick the backend's port first and point a copy of the
-  // configuration at it.
-  const port = await freePort();
-  backend = `http://127.0.0.1:${port}`;
-  tmp = mkdtempSync(join(tmpdir(), 'sb-validator-dashboard-'));
-  const toml = readFileSync(join(APP, 'gateway.toml'), 'utf8');
-  const routed = toml.replace('url = "http://127.0.0.1:3005/rpc"', `url = "${backend}/rpc"`);
-  assert.notEqual(routed, toml, 'gateway.toml has the route URL this test rewrites');
-  const config = join(tmp, 'gateway.toml');
-  writeFileSync(config, routed);
-
   h = await startHarness({
     app: 'validator-dashboard',
-    config,
+    config: join(APP, 'gateway.toml'),
+    // The route's URL in gateway.toml: the harness points it at the backend's port.
+    httpRoute: 'http://127.0.0.1:3005/rpc',
     // A crashed node's connection leaves within ~8 s instead of ~40 s (presence expiry).
     gatewayEnv: { SWITCHBOARD_BROKER__PRESENCE_TTL_SECS: '6' },
-    // The harness calls this as its own method once HAProxy is up (`this.lb`): the backend
-    // publishes through HAProxy, so a dead node does not stop its publications. It does not
-    // pass the load balancer's address, hence `function` and `this`.
-    backend: function ({ secret }) {
+    // The backend publishes through HAProxy (`lb`), so a dead node does not stop it.
+    backend: ({ secret, port, lb }) => {
       return {
         command: process.execPath,
         args: [join(APP, 'backend/server.mjs')],
-        env: { PORT: String(port), GATEWAY_API: this.lb.http, JWT_SECRET: secret },
+        env: { PORT: String(port), GATEWAY_API: lb.http, JWT_SECRET: secret },
       };
     },
     web: 'examples/validator-dashboard/web',
@@ -61,7 +45,6 @@ before(async () => {
 
 after(async () => {
   await h?.close();
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
 async function openApp(index, user) {
@@ -93,7 +76,7 @@ function screen(page) {
 }
 
 async function state() {
-  const response = await fetch(`${backend}/api/state`);
+  const response = await fetch(`${h.backend.http}/api/state`);
   assert.equal(response.status, 200);
   return response.json();
 }
