@@ -55,10 +55,11 @@ export class Network {
       } else v.missed += 1;
 
       const down = (s) => s === 'offline' || s === 'jailed';
-      if (!down(before) && down(v.status)) {
-        this.onAlert(v.status === 'jailed'
-          ? { kind: 'validator_jailed', severity: 'critical', validator: v.id, height, message: `${v.name} jailed by ${v.jailedBy} until block ${v.jailedUntil}` }
-          : { kind: 'validator_offline', severity: 'warning', validator: v.id, height, message: `${v.name} went offline at block ${height}` });
+      if (before !== 'jailed' && v.status === 'jailed') {
+        // Also when it was offline already: jailing is an operator's act, always reported.
+        this.onAlert({ kind: 'validator_jailed', severity: 'critical', validator: v.id, height, message: `${v.name} jailed by ${v.jailedBy} until block ${v.jailedUntil}` });
+      } else if (!down(before) && down(v.status)) {
+        this.onAlert({ kind: 'validator_offline', severity: 'warning', validator: v.id, height, message: `${v.name} went offline at block ${height}` });
       } else if (down(before) && !down(v.status)) {
         this.onAlert({ kind: 'validator_back', severity: 'info', validator: v.id, height, message: `${v.name} is back at block ${height}` });
       }
