@@ -443,8 +443,9 @@ local function lifecycle_connect(keys, args)
   if redis.call('GET', alive) ~= args[7] then
     return 0
   end
-  if resumed == '1' and redis.call('HEXISTS', conns, client) == 1 then
-    -- Still registered: nobody reaped it while the node was away.
+  if redis.call('HEXISTS', conns, client) == 1 then
+    -- Already recorded (still registered after the node was away, or recorded by the
+    -- beat while this call waited for it): one connect event per connection.
     return 1
   end
   redis.call('HSET', conns, client, user)

@@ -141,9 +141,7 @@ impl Lifecycle {
         if tokio::time::timeout(wait, alive.changed()).await.is_err() {
             return Err(BrokerError::Unavailable("the node is not alive in the lifecycle registry".into()));
         }
-        // The beat registered every live connection again, this one included, unless it
-        // ran before this connection was in the map: record it (a duplicate is harmless
-        // for a connect the beat did not see, and impossible for one it did: it checks).
+        // Record it now (the Function skips a connection the beat already recorded again).
         if self.connect_call(shared, client, false).await? {
             Ok(())
         } else {
@@ -281,7 +279,10 @@ async fn beat(shared: &RedisShared) -> Result<(), BrokerError> {
     let node = shared.node_id.as_str();
     let args = vec![node.to_string(), lifecycle.config.node_ttl_ms.to_string(), lifecycle.life.clone()];
     let was_dead = shared.fcall("sb_lifecycle_beat", lifecycle.keys(node), args).await?.as_i64() == Some(1);
-    if was_dead {
+    // On the first beat of this life the connections waiting in `connect` record
+    // themselves; only a node that was alive before and lost it records them again.
+    let was_alive_before = *lifecycle.alive.borrow() > 0;
+    if was_dead && was_alive_before {
         let clients: Vec<String> = lifecycle.registered.iter().map(|r| r.key().clone()).collect();
         if !clients.is_empty() {
             tracing::warn!(
