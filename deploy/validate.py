@@ -109,6 +109,12 @@ def validate_helm():
         check(f"helm: {label} preStop hook", pre_stop is not None, container.get("lifecycle"))
         env = {e["name"]: e for e in container.get("env", [])}
         secret_file = env.get("SWITCHBOARD_AUTH__HMAC_SECRET_FILE", {}).get("value", "")
+        names = [e["name"] for e in container.get("env", [])]
+        advertised = env.get("SWITCHBOARD_NODE__ADVERTISE_ADDRESS", {}).get("value")
+        pod_ip = env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        check(f"helm: {label} advertises the pod IP for Socket.IO forwarding (defined before use)",
+              advertised == "$(POD_IP):8000" and pod_ip == "status.podIP"
+              and names.index("POD_IP") < names.index("SWITCHBOARD_NODE__ADVERTISE_ADDRESS"), (advertised, pod_ip))
         mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
         keys = next((v for v in pod.get("volumes", []) if v["name"] == "keys"), {})
         mounted = [f'{mounts.get("keys", "")}/{item["path"]}' for item in keys.get("secret", {}).get("items", [])]
@@ -128,6 +134,14 @@ def validate_helm():
         check(f"helm: {label} pod anti-affinity", "podAntiAffinity" in pod.get("affinity", {}), pod.get("affinity"))
         if label == "full values":
             check("helm: full values render HPA, ServiceMonitor, Ingress, NetworkPolicy", kinds >= {"HorizontalPodAutoscaler", "ServiceMonitor", "Ingress", "NetworkPolicy"}, kinds)
+            policy = next(d for d in documents if d["kind"] == "NetworkPolicy")
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            peers_in = any(p.get("podSelector", {}).get("matchLabels") == selector
+                           for rule in policy["spec"]["ingress"] for p in rule.get("from", []))
+            peers_out = any(p.get("podSelector", {}).get("matchLabels") == selector
+                            for rule in policy["spec"]["egress"] for p in rule.get("to", []))
+            check("helm: NetworkPolicy lets gateway pods reach each other (Socket.IO forwarding)",
+                  peers_in and peers_out, policy["spec"])
             # Redis TLS and ACL: every file the env names is a mounted Secret key, no password in env.
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             files = {name: env.get(name, {}).get("value", "") for name in (

@@ -39,7 +39,7 @@ fn publication(offset: u64, from: bool) -> anyhow::Result<Publication> {
 }
 
 fn size(offset: u64, from: bool, encoding: Encoding, epoch: Epoch) -> anyhow::Result<usize> {
-    let frame = encode_publication(&publication(offset, from)?, encoding, epoch).context("encode")?;
+    let frame = encode_publication(&publication(offset, from)?, encoding.into(), epoch).context("encode")?;
     Ok(frame.into_payload().len())
 }
 
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let sample = encode_publication(&publication(1234, true)?, Encoding::Json, Epoch::Omit)?;
+    let sample = encode_publication(&publication(1234, true)?, Encoding::Json.into(), Epoch::Omit)?;
     println!(
         "\nJSON, without epoch, offset 1234, with from:\n{}",
         String::from_utf8_lossy(&sample.into_payload())

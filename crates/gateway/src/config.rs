@@ -10,6 +10,7 @@
 
 mod lifecycle;
 mod rpc;
+mod socketio;
 
 use std::{net::SocketAddr, path::Path};
 
@@ -21,6 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use lifecycle::LifecycleConfig;
 pub use rpc::{RpcConfig, RpcRoute};
+pub use socketio::{
+    EventAction, SocketIoConfig, SocketIoEventRule, SocketIoNamespace, MAX_SOCKETIO_NAMESPACES,
+};
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// The lifecycle stream for backends.
     pub lifecycle: LifecycleConfig,
+    /// The Socket.IO endpoint.
+    pub socketio: SocketIoConfig,
     /// Channel namespaces; a channel `ns:rest` uses namespace `ns`, a bare name uses `""`.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -71,6 +77,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             rpc: RpcConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            socketio: SocketIoConfig::default(),
             namespaces: NamespaceConfig::defaults(),
         }
     }
@@ -84,6 +91,12 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Node name shown in replies and metrics. Default: a random id chosen at start.
     pub name: Option<String>,
+    /// `host:port` at which other nodes reach this node's HTTP listener, published in
+    /// the cluster registry: a Socket.IO polling request (or upgrade) for a session of
+    /// this node that reaches another node is forwarded here. Default: the listen
+    /// address, unless it is unspecified (`0.0.0.0`), in which case such requests are
+    /// refused (set it, e.g. to the pod IP, or make the load balancer sticky).
+    pub advertise_address: Option<String>,
     /// Longest a graceful shutdown may take before the process exits anyway, in
     /// milliseconds. Default 10000.
     pub shutdown_timeout_ms: u64,
@@ -102,6 +115,7 @@ impl Default for NodeConfig {
         NodeConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             name: None,
+            advertise_address: None,
             shutdown_timeout_ms: 10_000,
             shutdown_reconnect_jitter_ms: 5_000,
             allocator_background_thread: true,
@@ -574,6 +588,7 @@ impl Config {
         }
         self.rpc.validate(self.broker.is_redis())?;
         self.lifecycle.validate(self.broker.is_redis())?;
+        self.socketio.validate()?;
         if self.auth.connect_hook && !self.rpc.routes.iter().any(|route| route.matches(CONNECT_HOOK)) {
             return Err(ConfigError::Invalid(format!(
                 "auth.connect_hook is on but no rpc route serves `{CONNECT_HOOK}`"

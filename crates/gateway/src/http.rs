@@ -1,4 +1,5 @@
-//! The HTTP surface of a node: the WebSocket endpoint, health, readiness and metrics.
+//! The HTTP surface of a node: the WebSocket endpoints (native `/ws`, Socket.IO
+//! `/socket.io/`), health, readiness and metrics.
 //!
 //! Errors are JSON bodies `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx
 //! status. This module decides whether an upgrade is allowed (origin, draining) and which
@@ -10,7 +11,7 @@ use axum::{
     extract::{ConnectInfo, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
     Json, Router,
 };
 use switchboard_protocol::Encoding;
@@ -19,6 +20,7 @@ use crate::{
     node::Node,
     session,
     transport::handshake::{HandshakeError, Upgrade},
+    wire::Wire,
 };
 
 /// Why an HTTP request was refused.
@@ -61,6 +63,8 @@ impl IntoResponse for HttpError {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
+        .route("/socket.io", any(crate::engineio::endpoint))
+        .route("/socket.io/", any(crate::engineio::endpoint))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -88,19 +92,62 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 async fn websocket(
     State(node): State<Arc<Node>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    let offered = select_encoding(request.headers());
+    let wire = Wire::Native(offered.unwrap_or(Encoding::Json));
+    upgrade(node, remote, request, wire, offered.map(Encoding::subprotocol))
+}
+
+/// Checks an upgrade request (draining, origin, WebSocket handshake) and starts the
+/// session once the `101` went out.
+pub(crate) fn upgrade(
+    node: Arc<Node>,
+    remote: SocketAddr,
     mut request: Request,
+    wire: Wire,
+    protocol: Option<&'static str>,
 ) -> Result<Response, HttpError> {
     if node.is_draining() {
         return Err(HttpError::Draining);
     }
-    let headers = request.headers();
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        let allowed = &node.config.limits.allowed_origins;
-        if !allowed.iter().any(|a| a == "*" || a == origin) {
-            return Err(HttpError::OriginNotAllowed(origin.to_string()));
+    check_origin(&node, request.headers())?;
+    let (bearer, hook_context) = upgrade_context(&node, request.headers(), remote);
+    let upgrade = Upgrade::accept(&mut request)?;
+    let (response, upgraded) = upgrade.respond(protocol);
+    let tracker = node.sessions.clone();
+    tokio::spawn(tracker.track_future(async move {
+        match upgraded.await {
+            Ok(socket) => session::run(node, socket, wire, bearer, hook_context, remote).await,
+            Err(error) => tracing::debug!(%error, %remote, "WebSocket upgrade did not complete"),
         }
+    }));
+    Ok(response)
+}
+
+/// The request's `Origin` when the configuration allows it (`limits.allowed_origins`);
+/// `None` when the request has none (not a browser).
+///
+/// # Errors
+/// [`HttpError::OriginNotAllowed`] for any other origin.
+pub(crate) fn check_origin(node: &Node, headers: &HeaderMap) -> Result<Option<HeaderValue>, HttpError> {
+    let Some(value) = headers.get(header::ORIGIN) else { return Ok(None) };
+    let origin = value.to_str().unwrap_or_default();
+    let allowed = &node.config.limits.allowed_origins;
+    if allowed.iter().any(|a| a == "*" || a == origin) {
+        Ok(Some(value.clone()))
+    } else {
+        Err(HttpError::OriginNotAllowed(origin.to_string()))
     }
-    let offered = select_encoding(headers);
+}
+
+/// What a new connection takes from its HTTP request: the `Authorization: Bearer` token,
+/// and the connect hook's context when the hook is on.
+pub(crate) fn upgrade_context(
+    node: &Node,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> (Option<String>, Option<Box<serde_json::Value>>) {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -108,18 +155,8 @@ async fn websocket(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_string());
     let hook_context =
-        node.config.auth.connect_hook.then(|| Box::new(connect_hook_context(&node, headers, remote)));
-    let upgrade = Upgrade::accept(&mut request)?;
-    let (response, upgraded) = upgrade.respond(offered.map(Encoding::subprotocol));
-    let encoding = offered.unwrap_or(Encoding::Json);
-    let tracker = node.sessions.clone();
-    tokio::spawn(tracker.track_future(async move {
-        match upgraded.await {
-            Ok(socket) => session::run(node, socket, encoding, bearer, hook_context, remote).await,
-            Err(error) => tracing::debug!(%error, %remote, "WebSocket upgrade did not complete"),
-        }
-    }));
-    Ok(response)
+        node.config.auth.connect_hook.then(|| Box::new(connect_hook_context(node, headers, remote)));
+    (bearer, hook_context)
 }
 
 /// What the connect hook is told about the upgrade request: the configured headers

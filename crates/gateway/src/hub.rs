@@ -31,14 +31,16 @@ use switchboard_protocol::{
     codec::{self, CodecError},
     push::{self, ChannelClient, Push},
     reply::HistoryResult,
-    Code, Encoding, ErrorBody, Reply,
+    Code, Encoding, ErrorBody,
 };
 
 use crate::{
     broker::{ChannelEvent, Control, EventSink, HistoryPage, Publication},
+    config::MAX_SOCKETIO_NAMESPACES,
     metrics::Metrics,
     outbox::{backlog::Backlog, CloseRequest, Outbox, SessionCommand},
     transport::frame::{OpCode, WireFrame},
+    wire::{self, Wire},
 };
 
 /// Identifies a connection on this node.
@@ -72,42 +74,55 @@ impl Epoch {
 pub struct Delivery {
     channel: Arc<str>,
     event: ChannelEvent,
-    /// Per wire format, the frame with the epoch and the frame without it.
+    /// Per native encoding, the frame with the epoch and the frame without it.
     frames: [[OnceLock<Option<WireFrame>>; 2]; 2],
+    /// Per Socket.IO namespace, the event frame (Socket.IO frames carry no epoch).
+    socketio: [OnceLock<Option<WireFrame>>; MAX_SOCKETIO_NAMESPACES],
     received_at: Instant,
 }
 
 impl Delivery {
     /// Wraps an event of `channel` received now.
     pub fn new(channel: Arc<str>, event: ChannelEvent) -> Delivery {
-        Delivery { channel, event, frames: Default::default(), received_at: Instant::now() }
+        Delivery {
+            channel,
+            event,
+            frames: Default::default(),
+            socketio: Default::default(),
+            received_at: Instant::now(),
+        }
     }
 
-    /// The frame for `encoding`, with or without the epoch, encoded on first use and
+    /// The frame for `wire`, with or without the epoch, encoded on first use and
     /// shared afterwards. An event without an epoch (join, leave, ephemeral publication)
-    /// has one frame per encoding whatever `epoch` says. A publication always has a frame
-    /// (see [`publication_frame`]); `None` only for a join or leave event that cannot be
-    /// represented in that encoding (logged once).
-    pub fn frame(&self, encoding: Encoding, epoch: Epoch) -> Option<&WireFrame> {
+    /// has one frame per encoding whatever `epoch` says, and so does every Socket.IO
+    /// frame. A publication always has a frame (see [`publication_frame`]); `None` only
+    /// for a join or leave event that cannot be represented in that format (logged once).
+    pub fn frame(&self, wire: Wire, epoch: Epoch) -> Option<&WireFrame> {
         let epoch = if self.stream_position().is_some() { epoch } else { Epoch::Carry };
-        let variant = match epoch {
-            Epoch::Carry => 0,
-            Epoch::Omit => 1,
+        let cell = match wire {
+            Wire::Native(encoding) => {
+                let variant = match epoch {
+                    Epoch::Carry => 0,
+                    Epoch::Omit => 1,
+                };
+                &self.frames[encoding.index()][variant]
+            }
+            Wire::SocketIo(ns) => self.socketio.get(usize::from(ns.index))?,
         };
-        self.frames[encoding.index()][variant]
-            .get_or_init(|| match self.encode(encoding, epoch) {
-                Ok(message) => Some(message),
-                Err(error) => {
-                    tracing::error!(%error, channel = %self.channel, encoding = encoding.name(), "cannot encode channel event");
-                    None
-                }
-            })
-            .as_ref()
+        cell.get_or_init(|| match self.encode(wire, epoch) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::error!(%error, channel = %self.channel, wire = wire.name(), "cannot encode channel event");
+                None
+            }
+        })
+        .as_ref()
     }
 
-    fn encode(&self, encoding: Encoding, epoch: Epoch) -> Result<WireFrame, CodecError> {
+    fn encode(&self, wire: Wire, epoch: Epoch) -> Result<WireFrame, CodecError> {
         match &self.event {
-            ChannelEvent::Publication(publication) => publication_frame(publication, encoding, epoch),
+            ChannelEvent::Publication(publication) => publication_frame(publication, wire, epoch),
             ChannelEvent::Control(_) => {
                 Err(CodecError::Json(serde::ser::Error::custom("control events are not sent")))
             }
@@ -117,7 +132,7 @@ impl Delivery {
                     ChannelEvent::Join(_) => Push::Join(body),
                     _ => Push::Leave(body),
                 };
-                Ok(to_frame(encoding, &codec::encode(encoding, &push)?))
+                wire.push(&push)
             }
         }
     }
@@ -141,9 +156,16 @@ impl Delivery {
 /// [`CodecError`] when the payload cannot be represented in `encoding`.
 pub fn encode_publication(
     publication: &Publication,
-    encoding: Encoding,
+    wire: Wire,
     epoch: Epoch,
 ) -> Result<WireFrame, CodecError> {
+    let encoding = match wire {
+        Wire::Native(encoding) => encoding,
+        Wire::SocketIo(_) => {
+            let push = Push::Publication(wire_publication(publication, &*publication.data, epoch));
+            return wire.push(&push);
+        }
+    };
     let bytes = match encoding {
         Encoding::Json => {
             let push: Push<&serde_json::value::RawValue> =
@@ -167,13 +189,27 @@ pub fn encode_publication(
 /// Only if even that placeholder cannot be encoded.
 pub fn publication_frame(
     publication: &Publication,
-    encoding: Encoding,
+    wire: Wire,
     epoch: Epoch,
 ) -> Result<WireFrame, CodecError> {
-    encode_publication(publication, encoding, epoch).or_else(|error| {
-        tracing::error!(%error, channel = %publication.channel, offset = ?publication.offset, encoding = encoding.name(), "publication cannot be encoded: sending a placeholder");
-        let placeholder = undeliverable(publication, encoding, epoch, &error);
-        Ok(to_frame(encoding, &codec::encode(encoding, &Push::Publication(placeholder))?))
+    encode_publication(publication, wire, epoch).or_else(|error| {
+        tracing::error!(%error, channel = %publication.channel, offset = ?publication.offset, wire = wire.name(), "publication cannot be encoded: sending a placeholder");
+        match wire {
+            Wire::Native(encoding) => {
+                let placeholder = undeliverable(publication, encoding, epoch, &error);
+                Ok(to_frame(encoding, &codec::encode(encoding, &Push::Publication(placeholder))?))
+            }
+            // Socket.IO has no offsets to keep contiguous: an `sb:error` event says what
+            // was not delivered (e.g. a publication whose event name is reserved).
+            Wire::SocketIo(_) => {
+                let message = format!(
+                    "publication {} of channel `{}` cannot be sent as a Socket.IO event: {error}",
+                    publication.offset.map_or_else(|| "-".to_string(), |o| o.to_string()),
+                    publication.channel
+                );
+                wire.error(wire::NO_ACK, &ErrorBody::new(Code::Internal, message))
+            }
+        }
     })
 }
 
@@ -201,29 +237,29 @@ pub fn history_reply(
     id: u64,
     page: &HistoryPage,
     more: bool,
-    encoding: Encoding,
-) -> Result<WireFrame, CodecError> {
+    wire: Wire,
+) -> Result<Option<WireFrame>, CodecError> {
     fn reply<P: serde::Serialize>(
         id: u64,
         page: &HistoryPage,
         more: bool,
         publications: Vec<P>,
-        encoding: Encoding,
-    ) -> Result<WireFrame, CodecError> {
+        wire: Wire,
+    ) -> Result<Option<WireFrame>, CodecError> {
         let result = HistoryResult { epoch: page.epoch.to_string(), offset: page.top, publications, more };
-        Ok(to_frame(encoding, &codec::encode(encoding, &Reply { id, result: Some(result), error: None })?))
+        wire.reply(id, &result)
     }
-    match encoding {
+    match wire {
         // JSON frames carry the stored JSON text as it is: nothing to parse.
-        Encoding::Json => {
+        Wire::Native(Encoding::Json) | Wire::SocketIo(_) => {
             let publications = page
                 .publications
                 .iter()
                 .map(|p| wire_publication(p, &*p.data, Epoch::against(p.epoch.as_deref(), &page.epoch)))
                 .collect();
-            reply(id, page, more, publications, encoding)
+            reply(id, page, more, publications, wire)
         }
-        Encoding::MsgPack => {
+        Wire::Native(encoding @ Encoding::MsgPack) => {
             let publications = page
                 .publications
                 .iter()
@@ -235,7 +271,7 @@ pub fn history_reply(
                     }
                 })
                 .collect();
-            reply(id, page, more, publications, encoding)
+            reply(id, page, more, publications, wire)
         }
     }
 }
@@ -274,7 +310,7 @@ enum State {
 
 struct Subscriber {
     outbox: Outbox,
-    encoding: Encoding,
+    wire: Wire,
     state: State,
     /// The last position this subscriber was sent. Publications at or before it are
     /// dropped: with Redis, a live message can reach the hub after the subscriber
@@ -307,7 +343,7 @@ impl Subscriber {
                 }
             },
         };
-        if let Some(frame) = delivery.frame(self.encoding, epoch) {
+        if let Some(frame) = delivery.frame(self.wire, epoch) {
             return self.outbox.push(frame.clone(), Some(delivery.received_at));
         }
         if delivery.stream_position().is_some() && epoch == Epoch::Carry {
@@ -335,7 +371,7 @@ impl Hub {
     }
 
     /// Adds a buffering subscription. Returns `false` if `conn` is already subscribed.
-    pub fn subscribe(&self, channel: &str, conn: ConnId, outbox: Outbox, encoding: Encoding) -> bool {
+    pub fn subscribe(&self, channel: &str, conn: ConnId, outbox: Outbox, wire: Wire) -> bool {
         let mut entry = self.channels.entry(Arc::from(channel)).or_insert_with(|| {
             self.metrics.channels.inc();
             HashMap::new()
@@ -343,7 +379,7 @@ impl Hub {
         if entry.contains_key(&conn) {
             return false;
         }
-        entry.insert(conn, Subscriber { outbox, encoding, state: State::Buffering(Vec::new()), last: None });
+        entry.insert(conn, Subscriber { outbox, wire, state: State::Buffering(Vec::new()), last: None });
         self.metrics.subscriptions.inc();
         true
     }
@@ -489,9 +525,10 @@ mod tests {
             ts: 1,
             from: None,
         };
-        let json = publication_frame(&publication, Encoding::Json, Epoch::Carry).expect("json");
+        let json = publication_frame(&publication, Encoding::Json.into(), Epoch::Carry).expect("json");
         assert!(json.payload().len() > 400, "JSON carries the payload verbatim");
-        let packed = publication_frame(&publication, Encoding::MsgPack, Epoch::Carry).expect("placeholder");
+        let packed =
+            publication_frame(&publication, Encoding::MsgPack.into(), Epoch::Carry).expect("placeholder");
         let push: Push<serde_json::Value> =
             codec::decode(Encoding::MsgPack, packed.payload()).expect("decode");
         let Push::Publication(wire) = push else { panic!("not a publication: {push:?}") };
@@ -502,7 +539,8 @@ mod tests {
         assert_eq!(wire.error.map(|e| e.code), Some(Code::Internal));
         let page =
             HistoryPage { epoch: Arc::from("e"), top: 7, publications: vec![publication], truncated: false };
-        let reply = history_reply(3, &page, false, Encoding::MsgPack).expect("history");
+        let reply =
+            history_reply(3, &page, false, Encoding::MsgPack.into()).expect("history").expect("a frame");
         let reply: serde_json::Value = codec::decode(Encoding::MsgPack, reply.payload()).expect("decode");
         let first = &reply["result"]["publications"][0];
         assert_eq!(first["offset"], 7);
@@ -518,7 +556,7 @@ mod tests {
         let hub = Hub::new(Arc::new(Metrics::new()), 16, Arc::new(Backlog::new(1 << 20)));
         let (outbox, mut rx) = outbox(16, 1 << 20, Arc::new(ConnControl::default()));
         let epoch: Arc<str> = Arc::from("e1");
-        assert!(hub.subscribe("c", 1, outbox, Encoding::Json));
+        assert!(hub.subscribe("c", 1, outbox, Encoding::Json.into()));
         hub.deliver("c", publication(&epoch, 4));
         hub.go_live("c", 1, Some(("e1", 5)));
         hub.deliver("c", publication(&epoch, 5));
@@ -552,7 +590,7 @@ mod tests {
         told: (&str, u64),
     ) -> crate::outbox::OutboxReceiver {
         let (outbox, rx) = outbox(16, 1 << 20, Arc::new(ConnControl::default()));
-        assert!(hub.subscribe("c", conn, outbox, encoding));
+        assert!(hub.subscribe("c", conn, outbox, encoding.into()));
         hub.go_live("c", conn, Some(told));
         rx
     }
@@ -608,7 +646,8 @@ mod tests {
     #[test]
     fn a_delivery_encodes_each_variant_once() {
         let delivery = Delivery::new(Arc::from("c"), publication(&Arc::from("e"), 1));
-        let frame = |epoch| delivery.frame(Encoding::Json, epoch).expect("frame").clone().into_payload();
+        let frame =
+            |epoch| delivery.frame(Encoding::Json.into(), epoch).expect("frame").clone().into_payload();
         assert_eq!(frame(Epoch::Omit).as_ptr(), frame(Epoch::Omit).as_ptr());
         assert_ne!(frame(Epoch::Omit), frame(Epoch::Carry));
         assert_eq!(frame(Epoch::Carry).len() - frame(Epoch::Omit).len(), r#","epoch":"e""#.len());
@@ -617,7 +656,8 @@ mod tests {
         };
         (ephemeral.offset, ephemeral.epoch) = (None, None);
         let delivery = Delivery::new(Arc::from("c"), ChannelEvent::Publication(ephemeral));
-        let frame = |epoch| delivery.frame(Encoding::MsgPack, epoch).expect("frame").clone().into_payload();
+        let frame =
+            |epoch| delivery.frame(Encoding::MsgPack.into(), epoch).expect("frame").clone().into_payload();
         assert_eq!(frame(Epoch::Omit).as_ptr(), frame(Epoch::Carry).as_ptr());
     }
 }

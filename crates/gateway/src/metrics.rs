@@ -98,6 +98,8 @@ pub struct Metrics {
     pub cluster_nodes: IntGauge,
     /// Connections per node, from the cluster registry.
     pub cluster_node_connections: IntGaugeVec,
+    /// Open connections by protocol: `json`, `msgpack` (native) or `socketio`.
+    pub protocol_connections: IntGaugeVec,
 }
 
 impl Metrics {
@@ -255,6 +257,15 @@ impl Metrics {
                         "Connections per node, from the cluster registry",
                     ),
                     &["node"],
+                )
+                .expect("valid");
+                registry.register(Box::new(g.clone())).expect("unique gauge vec");
+                g
+            },
+            protocol_connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new("switchboard_protocol_connections", "Open connections by protocol"),
+                    &["protocol"],
                 )
                 .expect("valid");
                 registry.register(Box::new(g.clone())).expect("unique gauge vec");

@@ -73,6 +73,8 @@ pub struct Node {
     pub flushers: Flushers,
     /// Publication frames queued on this node and not yet written.
     pub backlog: Arc<Backlog>,
+    /// Socket.IO connections on HTTP long-polling, by session id.
+    pub polling: crate::transport::polling::PollingSessions,
     draining: AtomicBool,
     connections: AtomicUsize,
     user_connections: DashMap<String, usize>,
@@ -133,6 +135,7 @@ impl Node {
             sessions: TaskTracker::new(),
             flushers: Flushers::start(tokio::runtime::Handle::current().metrics().num_workers(), &backlog),
             backlog,
+            polling: Default::default(),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             user_connections: DashMap::new(),

@@ -66,6 +66,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
     tracing::info!(%address, node = %node.id, broker = %node.config.broker.url, "switchboard listening");
+    let advertised = node.config.node.advertise_address.clone();
+    if let Some(advertised) =
+        advertised.or_else(|| (!address.ip().is_unspecified()).then(|| address.to_string()))
+    {
+        node.broker.advertise(advertised);
+    }
     let router = crate::http::router(node.clone());
     let drained = {
         let node = node.clone();

@@ -298,7 +298,7 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
             loop {
                 let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase()).collect();
                 assert!(
-                    ["get", "post", "put", "patch", "delete"].contains(&name.as_str()),
+                    ["get", "post", "put", "patch", "delete", "any"].contains(&name.as_str()),
                     "{file}: route {path} uses `{name}`; teach this test about it"
                 );
                 methods.push(name.to_uppercase());

@@ -33,6 +33,7 @@ fn every_config_key_is_documented() {
     // Optional keys are absent from the default TOML; check them by name.
     for name in [
         "node.name",
+        "node.advertise_address",
         "auth.hmac_secret",
         "auth.hmac_secret_file",
         "auth.public_key_pem",
@@ -89,6 +90,7 @@ fn every_metric_is_documented() {
     metrics.rpc_errors.with_label_values(&["x", "y"]);
     metrics.rpc_duration.with_label_values(&["x"]);
     metrics.rpc_pending.with_label_values(&["x"]);
+    metrics.protocol_connections.with_label_values(&["x"]);
     let mut registered = BTreeMap::new();
     let rendered = metrics.render();
     for line in rendered.lines() {

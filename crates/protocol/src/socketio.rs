@@ -211,6 +211,30 @@ impl<'a> SocketPacket<'a> {
     }
 }
 
+/// What the header of a binary packet (`5<n>-[<nsp>,][<ack id>]…` or `6…`) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BinaryHeader {
+    /// How many binary attachment frames follow the packet.
+    pub attachments: u32,
+    /// The event's ack id, when it asked for one.
+    pub ack_id: Option<u64>,
+}
+
+/// Reads the header of a binary packet, so that a server refusing attachments can answer
+/// its ack and skip its attachment frames. A malformed header reads as no attachments.
+pub fn binary_header(text: &str) -> BinaryHeader {
+    let rest = text.get(1..).unwrap_or("");
+    let Some((count, mut rest)) = rest.split_once('-') else {
+        return BinaryHeader::default();
+    };
+    let attachments = count.parse().unwrap_or(0);
+    if rest.starts_with('/') {
+        rest = rest.split_once(',').map_or("", |(_, after)| after);
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    BinaryHeader { attachments, ack_id: rest[..digits].parse().ok() }
+}
+
 fn check_payload(kind: SocketKind, data: Option<&Value>) -> Result<(), SocketIoError> {
     let ok = match (kind, data) {
         (SocketKind::Connect, None | Some(Value::Object(_))) => true,
@@ -291,6 +315,12 @@ pub fn connect_frame(namespace: &str, sid: &str, pid: Option<&str>) -> String {
         reply["pid"] = Value::String(pid.to_string());
     }
     format!("40{}{reply}", namespace_prefix(namespace))
+}
+
+/// The frame leaving a namespace (`41`): a Socket.IO client that gets it does not
+/// reconnect ("io server disconnect").
+pub fn disconnect_frame(namespace: &str) -> String {
+    format!("41{}", namespace_prefix(namespace))
 }
 
 /// The frame refusing a CONNECT: `44{"message":…}`, with `data` when given.
@@ -380,5 +410,13 @@ mod tests {
         for frame in [event_frame("/", "tally", &data, Some("o")).expect("ok"), ack_frame("/x", 1, &[])] {
             SocketPacket::decode(&frame[1..]).expect("round trip");
         }
+    }
+
+    #[test]
+    fn binary_headers_give_attachments_and_ack() {
+        let header = binary_header(r#"52-/admin,7["upload",{"_placeholder":true,"num":0}]"#);
+        assert_eq!(header, BinaryHeader { attachments: 2, ack_id: Some(7) });
+        assert_eq!(binary_header(r#"51-["x"]"#), BinaryHeader { attachments: 1, ack_id: None });
+        assert_eq!(binary_header("5garbage"), BinaryHeader::default());
     }
 }

@@ -333,6 +333,19 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can currently serve requests (feeds `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Records the address other nodes reach this node's HTTP listener at
+    /// (`node.advertise_address`), published with the node's heartbeat. The embedded
+    /// broker has no other nodes.
+    fn advertise(&self, address: String) {
+        let _ = address;
+    }
+
+    /// The HTTP address node `node` advertised, if it is alive and advertised one.
+    async fn node_address(&self, node: &str) -> Result<Option<String>, BrokerError> {
+        let _ = node;
+        Ok(None)
+    }
 }
 
 /// A connection event for the lifecycle stream (docs/redis.md "Lifecycle").

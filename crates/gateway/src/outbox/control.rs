@@ -8,7 +8,7 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Mutex,
+        Mutex, OnceLock,
     },
 };
 
@@ -66,9 +66,22 @@ pub struct ConnControl {
     request: Mutex<Option<CloseRequest>>,
     commands: Mutex<VecDeque<SessionCommand>>,
     command_ready: Notify,
+    /// Socket.IO only: the namespace the client connected to, which the writer's
+    /// closing frames must name.
+    socketio_namespace: OnceLock<crate::wire::SioNamespace>,
 }
 
 impl ConnControl {
+    /// Records the Socket.IO namespace of the connection (once, at its CONNECT).
+    pub fn set_socketio_namespace(&self, namespace: crate::wire::SioNamespace) {
+        let _ = self.socketio_namespace.set(namespace);
+    }
+
+    /// The Socket.IO namespace the client connected to, if it did.
+    pub fn socketio_namespace(&self) -> Option<crate::wire::SioNamespace> {
+        self.socketio_namespace.get().copied()
+    }
+
     /// Hands a command to the session without waiting. A session that lets commands
     /// pile up is not reading its own queue: it is closed (3006, reconnect) rather than
     /// left in a state the operator did not ask for.

@@ -31,7 +31,7 @@ mod write;
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -97,8 +97,12 @@ pub(crate) struct Shared {
     max_bytes: usize,
     max_frames: usize,
     control: Arc<ConnControl>,
-    /// `None` only in unit tests, where frames stay queued for [`OutboxReceiver`].
-    socket: Option<SocketWriter>,
+    /// Unset while frames stay queued for an [`OutboxReceiver`]: in unit tests, and for
+    /// an HTTP long-polling connection until it upgrades to a WebSocket.
+    socket: OnceLock<SocketWriter>,
+    /// The node's fan-out backlog, which queued publication frames count in (`None` in
+    /// unit tests).
+    backlog: Option<Arc<backlog::Backlog>>,
 }
 
 /// Where a connection's frames go.
@@ -121,7 +125,9 @@ pub(crate) fn connect(
     control: Arc<ConnControl>,
     sink: Sink,
 ) -> (Outbox, Writer) {
-    let shared = Arc::new(Shared::new(max_frames, max_bytes, control, Some(SocketWriter::new(sink))));
+    let backlog = Some(sink.backlog.clone());
+    let shared = Arc::new(Shared::new(max_frames, max_bytes, control, backlog));
+    let _ = shared.socket.set(SocketWriter::new(sink));
     (Outbox { shared: shared.clone() }, Writer { shared })
 }
 
@@ -132,12 +138,24 @@ pub fn outbox(max_frames: usize, max_bytes: usize, control: Arc<ConnControl>) ->
     (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
 }
 
+/// Creates the outbox of an HTTP long-polling connection: frames stay queued for the
+/// receiver (each poll takes them) until [`Outbox::attach`] gives it a WebSocket.
+pub(crate) fn detached(
+    max_frames: usize,
+    max_bytes: usize,
+    control: Arc<ConnControl>,
+    backlog: Arc<backlog::Backlog>,
+) -> (Outbox, OutboxReceiver) {
+    let shared = Arc::new(Shared::new(max_frames, max_bytes, control, Some(backlog)));
+    (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
+}
+
 impl Shared {
     fn new(
         max_frames: usize,
         max_bytes: usize,
         control: Arc<ConnControl>,
-        socket: Option<SocketWriter>,
+        backlog: Option<Arc<backlog::Backlog>>,
     ) -> Shared {
         let max_bytes = max_bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         Shared {
@@ -148,7 +166,8 @@ impl Shared {
             max_bytes,
             max_frames: max_frames.max(1),
             control,
-            socket,
+            socket: OnceLock::new(),
+            backlog,
         }
     }
 
@@ -186,7 +205,7 @@ impl Shared {
             };
             state.owner
         };
-        match (next, &self.socket) {
+        match (next, self.socket.get()) {
             (Owner::Task, _) => self.ready.notify_one(),
             (Owner::Shard, Some(socket)) => socket.shard.schedule(self.clone()),
             _ => {}
@@ -197,10 +216,28 @@ impl Shared {
 impl Drop for Shared {
     /// Frames still queued when the connection is gone leave the node's backlog.
     fn drop(&mut self) {
-        if let Some(socket) = &self.socket {
+        if let Some(backlog) = &self.backlog {
             let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-            socket.backlog.remove(state.queue.iter().filter(|o| o.received_at.is_some()).count());
+            backlog.remove(state.queue.iter().filter(|o| o.received_at.is_some()).count());
         }
+    }
+}
+
+impl Shared {
+    /// See [`Writer::discard_queue`].
+    fn discard_queue(&self) {
+        let (released, fanned_out) = {
+            let mut state = lock(&self.state);
+            let keep = usize::from(state.queue.front().is_some_and(|o| o.written > 0));
+            state.queue.drain(keep..).fold((0, 0), |(bytes, frames), o| {
+                (bytes + o.size, frames + usize::from(o.received_at.is_some()))
+            })
+        };
+        self.budget.add_permits(released);
+        if let Some(backlog) = &self.backlog {
+            backlog.remove(fanned_out);
+        }
+        self.room.notify_waiters();
     }
 }
 
@@ -238,7 +275,7 @@ impl Outbox {
         }
         match self.enqueue_as(Outgoing { frame, size: cost, received_at, written: 0 }, !inline) {
             Ok(took) => {
-                if let (true, Some(socket)) = (inline && took, &self.shared.socket) {
+                if let (true, Some(socket)) = (inline && took, self.shared.socket.get()) {
                     let progress = socket.write_some(&self.shared, &mut Vec::new());
                     self.shared.after_write(progress);
                 }
@@ -313,22 +350,61 @@ impl Outbox {
             }
             state.queue.push_back(outgoing);
             let idle = state.owner == Owner::Idle;
+            let socket = self.shared.socket.get();
             if idle {
-                state.owner = if self.shared.socket.is_some() { Owner::Shard } else { Owner::Task };
+                state.owner = if socket.is_some() { Owner::Shard } else { Owner::Task };
             }
-            idle
+            (idle, socket)
         };
-        match &self.shared.socket {
+        let (took, socket) = took;
+        match socket {
             Some(socket) if took && schedule => socket.shard.schedule(self.shared.clone()),
             None if took => self.shared.ready.notify_one(),
             _ => {}
         }
-        Ok(took && self.shared.socket.is_some())
+        Ok(took && socket.is_some())
+    }
+
+    /// Gives a long-polling connection its WebSocket (after an Engine.IO upgrade): frames
+    /// still queued, and every later one, go to the socket. The caller must have stopped
+    /// taking frames with the [`OutboxReceiver`]. Returns the writer task's handle.
+    pub(crate) fn attach(&self, sink: Sink) -> Writer {
+        if self.shared.socket.set(SocketWriter::new(sink)).is_err() {
+            tracing::error!("a connection's outbox was given a second socket");
+        }
+        let schedule = {
+            let mut state = lock(&self.shared.state);
+            if state.owner != Owner::Shard {
+                state.owner = if state.queue.is_empty() { Owner::Idle } else { Owner::Shard };
+            }
+            state.owner == Owner::Shard
+        };
+        if let (true, Some(socket)) = (schedule, self.shared.socket.get()) {
+            socket.shard.schedule(self.shared.clone());
+        }
+        Writer { shared: self.shared.clone() }
     }
 
     /// The connection's close signalling.
     pub fn control(&self) -> &Arc<ConnControl> {
         &self.shared.control
+    }
+
+    /// Queues a frame past the closing check (the close sequence of a polling
+    /// connection, whose polls take it).
+    pub(crate) fn push_final(&self, frame: WireFrame) {
+        lock(&self.shared.state).queue.push_back(Outgoing { frame, size: 0, received_at: None, written: 0 });
+        self.shared.ready.notify_one();
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.shared.state).queue.is_empty()
+    }
+
+    /// Drops every queued frame (a polling connection's close that does not flush).
+    pub(crate) fn discard(&self) {
+        self.shared.discard_queue();
     }
 
     /// Closes the connection as a slow consumer (3001).
@@ -379,7 +455,7 @@ impl Writer {
 
     /// Writes without waiting while the task owns the socket; see [`SocketWriter::write_some`].
     pub(crate) fn write_some(&self, batch: &mut Vec<Outgoing>) -> Progress {
-        match &self.shared.socket {
+        match self.shared.socket.get() {
             Some(socket) => socket.write_some(&self.shared, batch),
             None => Progress::Failed,
         }
@@ -396,7 +472,7 @@ impl Writer {
     /// # Errors
     /// When the socket failed.
     pub(crate) async fn writable(&self) -> std::io::Result<()> {
-        match &self.shared.socket {
+        match self.shared.socket.get() {
             Some(socket) => socket.stream.writable().await,
             None => std::future::pending().await,
         }
@@ -405,18 +481,7 @@ impl Writer {
     /// Drops every queued frame (a close that does not flush), except a frame the socket
     /// already took in part: it must be completed, or the close frame would land inside it.
     pub(crate) fn discard_queue(&self) {
-        let (released, fanned_out) = {
-            let mut state = lock(&self.shared.state);
-            let keep = usize::from(state.queue.front().is_some_and(|o| o.written > 0));
-            state.queue.drain(keep..).fold((0, 0), |(bytes, frames), o| {
-                (bytes + o.size, frames + usize::from(o.received_at.is_some()))
-            })
-        };
-        self.shared.budget.add_permits(released);
-        if let Some(socket) = &self.shared.socket {
-            socket.backlog.remove(fanned_out);
-        }
-        self.shared.room.notify_waiters();
+        self.shared.discard_queue();
     }
 
     /// Queues the final frames (disconnect push, close frame) past the closing check.
@@ -432,13 +497,14 @@ impl Writer {
 
     /// Sends FIN: the client sees the end of the stream after the close frame.
     pub(crate) fn shutdown(&self) {
-        if let Some(socket) = &self.shared.socket {
+        if let Some(socket) = self.shared.socket.get() {
             socket.shutdown();
         }
     }
 }
 
-/// The receiving half of a socket-less outbox (unit tests).
+/// The receiving half of a socket-less outbox: unit tests, and the polls of an HTTP
+/// long-polling connection.
 #[derive(Debug)]
 pub struct OutboxReceiver {
     shared: Arc<Shared>,
@@ -484,6 +550,32 @@ impl OutboxReceiver {
     /// Gives back the byte permits of frames that were written (or dropped).
     pub fn release(&self, bytes: usize) {
         self.shared.budget.add_permits(bytes);
+    }
+
+    /// Takes up to `limit` queued frames without waiting, as sent: their byte permits
+    /// are given back and the publications among them leave the node's fan-out backlog.
+    pub(crate) fn take_sent(&self, buf: &mut Vec<Outgoing>, limit: usize) -> usize {
+        let start = buf.len();
+        let taken = self.take(buf, limit);
+        let (bytes, fanned_out) = buf[start..].iter().fold((0, 0), |(bytes, frames), o| {
+            (bytes + o.size, frames + usize::from(o.received_at.is_some()))
+        });
+        self.release(bytes);
+        if let Some(backlog) = &self.shared.backlog {
+            backlog.remove(fanned_out);
+        }
+        taken
+    }
+
+    /// Waits until frames are queued (or returns at once if some are).
+    pub(crate) async fn queued(&self) {
+        loop {
+            let ready = self.shared.ready.notified();
+            if !lock(&self.shared.state).queue.is_empty() {
+                return;
+            }
+            ready.await;
+        }
     }
 }
 

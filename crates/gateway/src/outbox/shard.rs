@@ -74,7 +74,7 @@ impl Shard {
 
     /// One write of one connection, and who owns it next.
     fn flush(&self, connection: Arc<Shared>, batch: &mut Vec<Outgoing>) {
-        let Some(socket) = &connection.socket else { return };
+        let Some(socket) = connection.socket.get() else { return };
         if connection.control.is_closing() {
             return connection.hand_to_task();
         }

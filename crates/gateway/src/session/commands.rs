@@ -342,8 +342,7 @@ impl Session {
         resume: Resume,
     ) -> Result<Joining, CommandError> {
         let client = self.client_info();
-        let member =
-            Member { conn: self.conn, outbox: &self.outbox, encoding: self.encoding, client: &client };
+        let member = Member { conn: self.conn, outbox: &self.outbox, wire: self.wire, client: &client };
         self.node.subscriptions.join(channel, namespace, &member, resume).await
     }
 
@@ -359,7 +358,7 @@ impl Session {
             if let (Epoch::Carry, Some(carried)) = (epoch, publication.epoch.as_deref()) {
                 told = carried;
             }
-            match publication_frame(publication, self.encoding, epoch) {
+            match publication_frame(publication, self.wire, epoch) {
                 Ok(message) => {
                     if !self.outbox.push_waiting(message, self.outbound_wait()).await {
                         break;
@@ -480,7 +479,10 @@ impl Session {
             self.node.broker.history(&params.channel, since, limit, budget / 2, namespace.stream).await?;
         let mut more = page.truncated;
         let message = loop {
-            let message = history_reply(id, &page, more, self.encoding)?;
+            let Some(message) = history_reply(id, &page, more, self.wire)? else {
+                // A Socket.IO `history` event that asked for no ack.
+                return Ok(());
+            };
             let size = message.len();
             if size <= budget || page.publications.len() <= 1 {
                 break message;

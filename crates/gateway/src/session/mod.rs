@@ -10,6 +10,7 @@
 mod commands;
 mod hooks;
 mod rpc;
+mod socketio;
 mod writer;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -19,7 +20,6 @@ use rand::Rng;
 use switchboard_protocol::{
     codec,
     push::{Push, RefreshNeeded, Unsubscribed},
-    reply::Reply,
     Code, Encoding, ErrorBody,
 };
 use tokio::time::Instant;
@@ -31,7 +31,7 @@ use crate::{
     broker::LifecycleEvent,
     channel::{personal_channel, Namespace},
     error::CommandError,
-    hub::{to_frame, ConnId},
+    hub::ConnId,
     node::Node,
     outbox::{self, CloseRequest, ConnControl, Outbox, SessionCommand},
     ratelimit::TokenBucket,
@@ -39,81 +39,188 @@ use crate::{
         frame::WireFrame,
         handshake::Upgraded,
         inbound::{inbound, Inbound},
+        polling::{Handoff, PollingInput, PollingSession},
     },
+    wire::Wire,
 };
 
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn run(
     node: Arc<Node>,
     socket: Upgraded,
-    encoding: Encoding,
+    wire: Wire,
     bearer: Option<String>,
     hook_context: Option<Box<serde_json::Value>>,
     remote: SocketAddr,
 ) {
     let conn = node.next_conn_id();
     let client_id = format!("{}-{conn}", node.id);
-    // A debug span: at info level every connection would carry ~0.7 KiB of span data.
-    let span = tracing::debug_span!("conn", conn = %client_id, %remote, encoding = encoding.name(), user = tracing::field::Empty);
+    let span = connection_span(&client_id, remote, wire);
     async move {
-        let metrics = node.metrics.clone();
-        metrics.connections_total.inc();
         let control = Arc::new(ConnControl::default());
         let limits = &node.config.limits;
         let Upgraded { stream, prefix } = socket;
         let (read, write) = stream.into_split();
-        let sink = outbox::Sink {
-            stream: write,
-            shard: node.flushers.shard_of(conn),
-            metrics: metrics.clone(),
-            backlog: node.backlog.clone(),
-        };
-        let (outbox, socket_writer) =
-            outbox::connect(limits.outbound_queue_frames, limits.outbound_queue_bytes, control.clone(), sink);
+        let (outbox, socket_writer) = outbox::connect(
+            limits.outbound_queue_frames,
+            limits.outbound_queue_bytes,
+            control.clone(),
+            sink(&node, conn, write),
+        );
         let stream = inbound(read, &prefix, outbox.clone(), read_config(&node)).await;
         // Even empty, it can share the HTTP server's whole read buffer: not for the
         // connection's lifetime.
         drop(prefix);
         let stall_timeout = Duration::from_millis(limits.outbound_wait_ms);
-        let writer = tokio::spawn(writer::run(socket_writer, control.clone(), encoding, stall_timeout));
-        let counted = node.try_add_connection();
-        if counted {
-            metrics.connections.inc();
-            let mut session =
-                Session::new(node.clone(), conn, client_id, encoding, outbox, control.clone(), bearer);
-            session.hook_context = hook_context;
-            session.read_loop(stream).await;
-            // Boxed, like every command below: an idle connection's task then holds only the
-            // read loop's small state, not the largest command's (see docs/BENCHMARKS.md).
-            Box::pin(session.cleanup()).await;
-            metrics.connections.dec();
-            node.remove_connection();
-        } else {
-            control.close(CloseRequest {
-                code: Code::NodeFull,
-                reason: "node is at its connection limit".into(),
-                reconnect_after_ms: Some(jitter(&node)),
-                flush_queue: false,
-            });
-        }
-        if let Some(request) = control.request() {
-            metrics.disconnects.with_label_values(&[request.code.slug()]).inc();
-            if request.code == Code::SlowConsumer {
-                metrics.slow_consumers.inc();
-            }
-            tracing::debug!(code = %request.code, reason = %request.reason, "closing");
-        }
-        let grace = Duration::from_millis(node.config.node.shutdown_timeout_ms);
-        if tokio::time::timeout(grace, writer).await.is_err() {
-            tracing::warn!("writer did not finish in time");
-        }
+        let writer = tokio::spawn(writer::run(socket_writer, control.clone(), wire, stall_timeout));
+        let connection = Connection { conn, client_id, wire, outbox, control, bearer, hook_context };
+        serve(node, connection, Input::WebSocket(stream), Some(writer), None).await;
     }
     .instrument(span)
     .await;
 }
 
+/// Starts a Socket.IO session on HTTP long-polling (its first poll gets the Engine.IO
+/// open packet) and registers it with the node; it ends like any session, and its
+/// closing packets wait for one last poll.
+pub(crate) fn start_polling(
+    node: Arc<Node>,
+    bearer: Option<String>,
+    hook_context: Option<Box<serde_json::Value>>,
+    remote: SocketAddr,
+) -> Arc<PollingSession> {
+    let conn = node.next_conn_id();
+    let client_id = format!("{}-{conn}", node.id);
+    let wire = Wire::SocketIo(crate::wire::SioNamespace::ROOT);
+    let span = connection_span(&client_id, remote, wire);
+    let control = Arc::new(ConnControl::default());
+    let limits = &node.config.limits;
+    let (outbox, receiver) = outbox::detached(
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+        control.clone(),
+        node.backlog.clone(),
+    );
+    let (polling, input) = PollingSession::new(client_id.clone(), outbox.clone(), receiver);
+    node.polling.insert(polling.clone());
+    let connection = Connection { conn, client_id, wire, outbox, control, bearer, hook_context };
+    let tracker = node.sessions.clone();
+    let session = polling.clone();
+    tokio::spawn(
+        tracker.track_future(
+            async move {
+                let sid = session.sid.clone();
+                serve(node.clone(), connection, Input::Polling(input), None, Some(session)).await;
+                node.polling.remove(&sid);
+            }
+            .instrument(span),
+        ),
+    );
+    polling
+}
+
+/// A debug span: at info level every connection would carry ~0.7 KiB of span data.
+fn connection_span(client_id: &str, remote: SocketAddr, wire: Wire) -> tracing::Span {
+    tracing::debug_span!("conn", conn = %client_id, %remote, wire = wire.name(), user = tracing::field::Empty)
+}
+
+/// Where a connection's outbox writes once it has a socket.
+fn sink(node: &Node, conn: ConnId, write: tokio::net::tcp::OwnedWriteHalf) -> outbox::Sink {
+    outbox::Sink {
+        stream: write,
+        shard: node.flushers.shard_of(conn),
+        metrics: node.metrics.clone(),
+        backlog: node.backlog.clone(),
+    }
+}
+
+/// What a session starts from, whatever its transport.
+struct Connection {
+    conn: ConnId,
+    client_id: String,
+    wire: Wire,
+    outbox: Outbox,
+    control: Arc<ConnControl>,
+    bearer: Option<String>,
+    hook_context: Option<Box<serde_json::Value>>,
+}
+
+/// Runs a connection's session until it ends, then its close sequence: the writer task
+/// writes the closing frames to a WebSocket; a polling connection queues them for its
+/// last poll.
+async fn serve(
+    node: Arc<Node>,
+    connection: Connection,
+    input: Input,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    polling: Option<Arc<PollingSession>>,
+) {
+    let Connection { conn, client_id, wire, outbox, control, bearer, hook_context } = connection;
+    let metrics = node.metrics.clone();
+    metrics.connections_total.inc();
+    let mut writer = writer;
+    if node.try_add_connection() {
+        metrics.connections.inc();
+        let by_protocol = metrics.protocol_connections.with_label_values(&[wire.name()]);
+        by_protocol.inc();
+        let mut session =
+            Session::new(node.clone(), conn, client_id, wire, outbox.clone(), control.clone(), bearer);
+        session.hook_context = hook_context;
+        session.polling = polling.clone();
+        if let Wire::SocketIo(_) = wire {
+            session.socketio_open(polling.is_some());
+        }
+        session.read_loop(input).await;
+        // Boxed, like every command below: an idle connection's task then holds only the
+        // read loop's small state, not the largest command's (see docs/BENCHMARKS.md).
+        Box::pin(session.cleanup()).await;
+        writer = writer.or(session.writer.take());
+        metrics.connections.dec();
+        by_protocol.dec();
+        node.remove_connection();
+    } else {
+        control.close(CloseRequest {
+            code: Code::NodeFull,
+            reason: "node is at its connection limit".into(),
+            reconnect_after_ms: Some(jitter(&node)),
+            flush_queue: false,
+        });
+    }
+    let request = control.request();
+    if let Some(request) = &request {
+        metrics.disconnects.with_label_values(&[request.code.slug()]).inc();
+        if request.code == Code::SlowConsumer {
+            metrics.slow_consumers.inc();
+        }
+        tracing::debug!(code = %request.code, reason = %request.reason, "closing");
+    }
+    let grace = Duration::from_millis(node.config.node.shutdown_timeout_ms);
+    match (writer, polling) {
+        (Some(writer), _) => {
+            if tokio::time::timeout(grace, writer).await.is_err() {
+                tracing::warn!("writer did not finish in time");
+            }
+        }
+        (None, Some(polling)) => {
+            // Still polling: the closing packets go to the client's next poll.
+            if let Some(request) = &request {
+                if !request.flush_queue {
+                    outbox.discard();
+                }
+                for frame in writer::final_frames(writer::closing_wire(wire, &control), request) {
+                    outbox.push_final(frame);
+                }
+                if tokio::time::timeout(grace, polling.drained()).await.is_err() {
+                    tracing::debug!("closing packets not polled in time");
+                }
+            }
+        }
+        (None, None) => {}
+    }
+}
+
 /// The WebSocket library's limits for what the client sends.
-fn read_config(node: &Node) -> WebSocketConfig {
+pub(crate) fn read_config(node: &Node) -> WebSocketConfig {
     let limits = &node.config.limits;
     WebSocketConfig::default()
         .max_message_size(Some(limits.max_message_bytes))
@@ -141,10 +248,17 @@ pub(crate) struct Session {
     node: Arc<Node>,
     conn: ConnId,
     client_id: String,
-    encoding: Encoding,
+    wire: Wire,
     outbox: Outbox,
     control: Arc<ConnControl>,
     bearer: Option<String>,
+    /// Socket.IO only: binary frames still to skip (the attachments of a refused binary
+    /// packet).
+    socketio: socketio::State,
+    /// A long-polling connection's transport, until it upgrades to a WebSocket.
+    polling: Option<Arc<PollingSession>>,
+    /// The writer task of a polling connection that upgraded.
+    writer: Option<tokio::task::JoinHandle<()>>,
     /// The upgrade's headers and address for the connect hook (only when it is on),
     /// dropped at `connect`.
     hook_context: Option<Box<serde_json::Value>>,
@@ -165,7 +279,7 @@ impl Session {
         node: Arc<Node>,
         conn: ConnId,
         client_id: String,
-        encoding: Encoding,
+        wire: Wire,
         outbox: Outbox,
         control: Arc<ConnControl>,
         bearer: Option<String>,
@@ -173,15 +287,17 @@ impl Session {
         let now = Instant::now();
         let limits = &node.config.limits;
         let bucket = TokenBucket::new(limits.commands_per_second, limits.command_burst);
-        let next_ping = now + Duration::from_millis(node.config.heartbeat.ping_interval_ms);
-        Session {
+        let mut session = Session {
             node,
             conn,
             client_id,
-            encoding,
+            wire,
             outbox,
             control,
             bearer,
+            socketio: socketio::State::default(),
+            polling: None,
+            writer: None,
             hook_context: None,
             identity: None,
             subscriptions: HashMap::new(),
@@ -190,11 +306,13 @@ impl Session {
             bucket,
             started: now,
             last_seen: now,
-            next_ping,
-        }
+            next_ping: now,
+        };
+        session.next_ping = now + session.ping_interval();
+        session
     }
 
-    async fn read_loop(&mut self, mut stream: Inbound) {
+    async fn read_loop(&mut self, mut input: Input) {
         let node = self.node.clone();
         let control = self.control.clone();
         loop {
@@ -205,10 +323,11 @@ impl Session {
                 () = node.shutdown.cancelled() => {
                     self.close(Code::Shutdown, "node is shutting down", Some(jitter(&node)), true);
                 }
-                frame = stream.next() => match frame {
-                    None => break,
-                    Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(error)) => self.on_read_error(&error),
+                incoming = input.next() => match incoming {
+                    Incoming::Ended => break,
+                    Incoming::Message(Ok(message)) => self.on_message(message).await,
+                    Incoming::Message(Err(error)) => self.on_read_error(&error),
+                    Incoming::Upgrade(handoff) => input = self.upgrade(handoff),
                 },
                 () = tokio::time::sleep_until(deadline) => self.on_timer(),
                 command = control.next_command() => Box::pin(self.on_command(command)).await,
@@ -216,6 +335,21 @@ impl Session {
         }
         // If the client went away first, stop the writer too.
         control.terminate();
+    }
+
+    /// Moves a polling connection to the WebSocket it upgraded to: the outbox writes to
+    /// the socket from now on (what is queued first), through the flushers and a writer
+    /// task like any WebSocket connection's.
+    fn upgrade(&mut self, handoff: Box<Handoff>) -> Input {
+        let Handoff { inbound, write } = *handoff;
+        let writer = self.outbox.attach(sink(&self.node, self.conn, write));
+        let stall_timeout = Duration::from_millis(self.node.config.limits.outbound_wait_ms);
+        self.writer = Some(tokio::spawn(writer::run(writer, self.control.clone(), self.wire, stall_timeout)));
+        if let Some(polling) = self.polling.take() {
+            self.node.polling.remove(&polling.sid);
+        }
+        tracing::debug!("upgraded from polling to WebSocket");
+        Input::WebSocket(inbound)
     }
 
     /// Carries out a request from outside the connection (an operator, via the hub).
@@ -264,7 +398,11 @@ impl Session {
 
     async fn on_message(&mut self, message: Message) {
         self.last_seen = Instant::now();
-        let frame = match (&message, self.encoding) {
+        let encoding = match self.wire {
+            Wire::Native(encoding) => encoding,
+            Wire::SocketIo(_) => return self.on_socketio_message(message).await,
+        };
+        let frame = match (&message, encoding) {
             (Message::Text(text), Encoding::Json) => text.as_bytes(),
             (Message::Binary(bytes), Encoding::MsgPack) => bytes.as_ref(),
             (Message::Text(_), Encoding::MsgPack) => {
@@ -286,7 +424,7 @@ impl Session {
         };
         self.node.metrics.messages_in.inc();
         self.node.metrics.bytes_in.inc_by(frame.len() as u64);
-        match codec::decode_command(self.encoding, frame) {
+        match codec::decode_command(encoding, frame) {
             Ok(command) => {
                 let id = command.id;
                 if !self.bucket.try_take() {
@@ -346,15 +484,30 @@ impl Session {
             return self.close(Code::HeartbeatTimeout, "no pong within the heartbeat timeout", None, false);
         }
         if now >= self.next_ping {
-            self.outbox.push(WireFrame::ping(), None);
-            self.next_ping = now + Duration::from_millis(self.node.config.heartbeat.ping_interval_ms);
+            let ping = match self.wire {
+                Wire::Native(_) => WireFrame::ping(),
+                // Browsers cannot see WebSocket pings: Engine.IO pings in a text frame.
+                Wire::SocketIo(_) => crate::wire::text("2"),
+            };
+            self.outbox.push(ping, None);
+            self.next_ping = now + self.ping_interval();
         }
+    }
+
+    fn ping_interval(&self) -> Duration {
+        Duration::from_millis(match self.wire {
+            Wire::Native(_) => self.node.config.heartbeat.ping_interval_ms,
+            Wire::SocketIo(_) => self.node.config.socketio.ping_interval_ms,
+        })
     }
 
     /// How long the client may stay silent (no pong, no frame) before it is closed.
     fn silence_limit(&self) -> Duration {
-        let heartbeat = &self.node.config.heartbeat;
-        Duration::from_millis(heartbeat.ping_interval_ms.saturating_add(heartbeat.pong_timeout_ms))
+        let timeout = match self.wire {
+            Wire::Native(_) => self.node.config.heartbeat.pong_timeout_ms,
+            Wire::SocketIo(_) => self.node.config.socketio.ping_timeout_ms,
+        };
+        self.ping_interval().saturating_add(Duration::from_millis(timeout))
     }
 
     fn auth_timeout(&self) -> Duration {
@@ -385,21 +538,21 @@ impl Session {
 
     /// Queues a push for this connection.
     fn push<D: serde::Serialize>(&self, push: &Push<D>) {
-        match codec::encode(self.encoding, push) {
-            Ok(bytes) => {
-                self.outbox.push_now(to_frame(self.encoding, &bytes));
+        match self.wire.push(push) {
+            Ok(frame) => {
+                self.outbox.push_now(frame);
             }
             Err(error) => tracing::error!(%error, "cannot encode push"),
         }
     }
 
-    /// Queues a successful reply.
+    /// Queues a successful reply (nothing for a Socket.IO event that wants no ack).
     fn reply<R: serde::Serialize>(&self, id: u64, result: R) {
-        let reply = Reply { id, result: Some(result), error: None };
-        match codec::encode(self.encoding, &reply) {
-            Ok(bytes) => {
-                self.outbox.push_now(to_frame(self.encoding, &bytes));
+        match self.wire.reply(id, &result) {
+            Ok(Some(frame)) => {
+                self.outbox.push_now(frame);
             }
+            Ok(None) => {}
             Err(error) => self.reply_error(id, &CommandError::Codec(error)),
         }
     }
@@ -413,11 +566,9 @@ impl Session {
         let code = error.code();
         self.node.metrics.command_errors.with_label_values(&[code.slug()]).inc();
         tracing::debug!(%code, %error, "command failed");
-        let reply: Reply<()> =
-            Reply { id, result: None, error: Some(ErrorBody::new(code, error.to_string())) };
-        match codec::encode(self.encoding, &reply) {
-            Ok(bytes) => {
-                self.outbox.push_now(to_frame(self.encoding, &bytes));
+        match self.wire.error(id, &ErrorBody::new(code, error.to_string())) {
+            Ok(frame) => {
+                self.outbox.push_now(frame);
             }
             Err(error) => tracing::error!(%error, "cannot encode an error reply"),
         }
@@ -460,6 +611,51 @@ impl Session {
         };
         if let Err(error) = self.node.broker.lifecycle(event).await {
             tracing::warn!(%error, %channel, "lifecycle event not recorded");
+        }
+    }
+}
+
+/// Where a connection's messages come from.
+// The WebSocket variant is nearly every connection's: boxing it would cost them an
+// allocation to save polling connections a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+enum Input {
+    /// WebSocket frames.
+    WebSocket(Inbound),
+    /// Packets of HTTP long-polling `POST`s, until an upgrade hands over a WebSocket.
+    Polling(PollingInput),
+}
+
+/// What [`Input::next`] got.
+enum Incoming {
+    /// A message (or a read error).
+    Message(Result<Message, tungstenite::Error>),
+    /// The client upgraded from polling to this WebSocket.
+    Upgrade(Box<Handoff>),
+    /// The transport ended.
+    Ended,
+}
+
+impl Input {
+    async fn next(&mut self) -> Incoming {
+        match self {
+            Input::WebSocket(stream) => match stream.next().await {
+                Some(message) => Incoming::Message(message),
+                None => Incoming::Ended,
+            },
+            // Packets first: those posted before the upgrade precede the WebSocket's.
+            Input::Polling(polling) => tokio::select! {
+                biased;
+                packet = polling.packets.recv() => match packet {
+                    Some(message) => Incoming::Message(Ok(message)),
+                    None => Incoming::Ended,
+                },
+                handoff = &mut polling.handoff, if !polling.handoff.is_terminated() => match handoff {
+                    Ok(handoff) => Incoming::Upgrade(Box::new(handoff)),
+                    // The polling session is gone: so is the client.
+                    Err(_) => Incoming::Ended,
+                },
+            },
         }
     }
 }

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use switchboard_protocol::{codec, command::RpcParams, reply::RpcResult, Code, Encoding, ErrorBody, Reply};
+use switchboard_protocol::{codec::CodecError, command::RpcParams, reply::RpcResult, Code, ErrorBody};
 use tokio::sync::Semaphore;
 
 use super::Session;
-use crate::{config::HOOK_PREFIX, error::CommandError, hub::to_frame, rpc::Call};
+use crate::{config::HOOK_PREFIX, error::CommandError, rpc::Call, transport::frame::WireFrame, wire::Wire};
 
 impl Session {
     pub(super) fn rpc(&mut self, id: u64, params: RpcParams) -> Result<(), CommandError> {
@@ -42,8 +42,8 @@ impl Session {
             user: identity.user.clone(),
             info: identity.claims.info.clone(),
         };
-        let (node, outbox, control, encoding) =
-            (self.node.clone(), self.outbox.clone(), self.control.clone(), self.encoding);
+        let (node, outbox, control, wire) =
+            (self.node.clone(), self.outbox.clone(), self.control.clone(), self.wire);
         tokio::spawn(async move {
             let _permit = permit;
             let outcome = tokio::select! {
@@ -51,24 +51,24 @@ impl Session {
                 outcome = node.rpc.call(call) => outcome,
             };
             let encoded = match outcome {
-                Ok(data) => {
-                    codec::encode(encoding, &Reply { id, result: Some(RpcResult { data }), error: None })
-                }
+                Ok(data) => encode_result(wire, id, data),
                 Err(error) => {
                     let code = error.code();
                     node.metrics.command_errors.with_label_values(&[code.slug()]).inc();
-                    encode_error(encoding, id, code, error.to_string())
+                    wire.error(id, &ErrorBody::new(code, error.to_string())).map(Some)
                 }
             };
-            let bytes = encoded.or_else(|error| {
+            let frame = encoded.or_else(|error| {
                 tracing::error!(%error, "cannot encode an rpc reply");
-                encode_error(encoding, id, Code::Internal, format!("the reply cannot be encoded: {error}"))
+                let body = ErrorBody::new(Code::Internal, format!("the reply cannot be encoded: {error}"));
+                wire.error(id, &body).map(Some)
             });
-            match bytes {
-                Ok(bytes) => {
+            match frame {
+                Ok(Some(frame)) => {
                     // A full queue closes the connection (slow consumer) itself.
-                    outbox.push_now(to_frame(encoding, &bytes));
+                    outbox.push_now(frame);
                 }
+                Ok(None) => {}
                 Err(error) => tracing::error!(%error, "cannot encode an rpc error reply"),
             }
         });
@@ -76,12 +76,11 @@ impl Session {
     }
 }
 
-fn encode_error(
-    encoding: Encoding,
-    id: u64,
-    code: Code,
-    message: String,
-) -> Result<bytes::Bytes, codec::CodecError> {
-    let reply: Reply<()> = Reply { id, result: None, error: Some(ErrorBody::new(code, message)) };
-    codec::encode(encoding, &reply)
+/// The reply to a successful call: `{"result": {"data": …}}` natively, the answer itself
+/// as the Socket.IO ack (nothing when the event asked for no ack).
+fn encode_result(wire: Wire, id: u64, data: serde_json::Value) -> Result<Option<WireFrame>, CodecError> {
+    match wire {
+        Wire::Native(_) => wire.reply(id, &RpcResult { data }),
+        Wire::SocketIo(_) => wire.reply(id, &data),
+    }
 }

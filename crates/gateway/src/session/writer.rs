@@ -12,24 +12,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use switchboard_protocol::{codec, push::Disconnect, push::Push, Encoding};
+use switchboard_protocol::{push::Disconnect, push::Push};
 
 use crate::{
-    hub::to_frame,
     outbox::{CloseRequest, ConnControl, Outgoing, Progress, Writer},
     transport::frame::WireFrame,
+    wire::Wire,
 };
 
 /// How long the final frames (and, for a graceful close, the queue) may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs until the connection closes.
-pub(crate) async fn run(
-    writer: Writer,
-    control: Arc<ConnControl>,
-    encoding: Encoding,
-    stall_timeout: Duration,
-) {
+pub(crate) async fn run(writer: Writer, control: Arc<ConnControl>, wire: Wire, stall_timeout: Duration) {
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -56,7 +51,7 @@ pub(crate) async fn run(
         if !request.flush_queue {
             writer.discard_queue();
         }
-        for frame in final_frames(encoding, &request) {
+        for frame in final_frames(closing_wire(wire, &control), &request) {
             writer.push_final(frame);
         }
         write_all(&writer, &mut batch).await;
@@ -126,15 +121,31 @@ async fn abandoned(control: &ConnControl) {
     }
 }
 
-/// The `disconnect` push and the close frame for `request`.
-fn final_frames(encoding: Encoding, request: &CloseRequest) -> Vec<WireFrame> {
+/// The format of a connection's closing frames: a Socket.IO client's namespace is the one
+/// it connected to.
+pub(super) fn closing_wire(wire: Wire, control: &ConnControl) -> Wire {
+    match wire {
+        Wire::SocketIo(root) => Wire::SocketIo(control.socketio_namespace().unwrap_or(root)),
+        native => native,
+    }
+}
+
+/// The `disconnect` push and the close frame for `request`. A Socket.IO client is also
+/// sent a `DISCONNECT` packet when it must not reconnect ("io server disconnect"): a
+/// transport that just closes makes it reconnect, which is right for a drain or a slow
+/// consumer.
+pub(super) fn final_frames(wire: Wire, request: &CloseRequest) -> Vec<WireFrame> {
     let mut push = Disconnect::new(request.code, request.reason.clone());
     push.reconnect_after_ms = request.reconnect_after_ms;
+    let reconnect = push.reconnect;
     let frame: Push<()> = Push::Disconnect(push);
-    let mut frames = Vec::with_capacity(2);
-    match codec::encode(encoding, &frame) {
-        Ok(bytes) => frames.push(to_frame(encoding, &bytes)),
+    let mut frames = Vec::with_capacity(3);
+    match wire.push(&frame) {
+        Ok(frame) => frames.push(frame),
         Err(error) => tracing::error!(%error, "cannot encode the disconnect push"),
+    }
+    if let (Wire::SocketIo(ns), false) = (wire, reconnect) {
+        frames.push(crate::wire::text(switchboard_protocol::socketio::disconnect_frame(ns.name)));
     }
     frames.push(WireFrame::close(request.code.as_u16(), &request.reason));
     frames

@@ -25,7 +25,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use switchboard_protocol::{reply::SubscribeResult, ClientInfo, Code, Encoding};
+use switchboard_protocol::{reply::SubscribeResult, ClientInfo, Code};
 
 pub use recovery::Resume;
 
@@ -35,6 +35,7 @@ use crate::{
     error::CommandError,
     hub::{ConnId, Hub},
     outbox::Outbox,
+    wire::Wire,
 };
 
 /// The node's subscription lifecycle: see the module docs.
@@ -50,7 +51,7 @@ pub struct Member<'a> {
     /// Its outbound queue (the hub delivers into it).
     pub outbox: &'a Outbox,
     /// Its wire format.
-    pub encoding: Encoding,
+    pub wire: Wire,
     /// Who it is, as presence and join/leave events show it.
     pub client: &'a ClientInfo,
 }
@@ -89,7 +90,7 @@ impl Subscriptions {
         member: &Member<'_>,
         resume: Resume,
     ) -> Result<Joining, CommandError> {
-        if !self.hub.subscribe(channel, member.conn, member.outbox.clone(), member.encoding) {
+        if !self.hub.subscribe(channel, member.conn, member.outbox.clone(), member.wire) {
             return Err(CommandError::refused(Code::AlreadySubscribed, "already subscribed"));
         }
         let config = &namespace.config;

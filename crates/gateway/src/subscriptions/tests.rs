@@ -105,7 +105,7 @@ impl Conn {
     }
 
     fn member(&self) -> Member<'_> {
-        Member { conn: self.id, outbox: &self.outbox, encoding: Encoding::Json, client: &self.client }
+        Member { conn: self.id, outbox: &self.outbox, wire: Encoding::Json.into(), client: &self.client }
     }
 
     /// Every frame queued so far, as JSON.

@@ -100,6 +100,16 @@ impl WireFrame {
         self.bytes.slice(usize::from(self.header)..)
     }
 
+    /// Whether this is a text frame.
+    pub fn is_text(&self) -> bool {
+        self.header > 0 && self.bytes[0] & 0x0F == OpCode::Text as u8
+    }
+
+    /// Whether this is a close frame.
+    pub fn is_close(&self) -> bool {
+        self.header > 0 && self.bytes[0] & 0x0F == OpCode::Close as u8
+    }
+
     /// Whether this is a binary frame (MessagePack).
     pub fn is_binary(&self) -> bool {
         self.header > 0 && self.bytes[0] & 0x0F == OpCode::Binary as u8

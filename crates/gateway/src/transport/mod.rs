@@ -8,7 +8,10 @@
 //! Reading stays with `tokio-tungstenite` (client frames are masked, may be fragmented
 //! and interleaved with control frames: no reason to hand-write that), on a read-only
 //! view of the socket whose few writes (pongs) join the connection's outbox.
+//! Socket.IO clients may also come over HTTP long-polling (`polling`) and upgrade to a
+//! WebSocket later.
 
 pub mod frame;
 pub(crate) mod handshake;
 pub(crate) mod inbound;
+pub mod polling;

@@ -58,6 +58,8 @@ pub(crate) struct RedisShared {
     pubsub_link_down: Arc<AtomicBool>,
     config: BrokerConfig,
     node_id: String,
+    /// The address peers reach this node's HTTP listener at, for the registry.
+    node_address: std::sync::OnceLock<String>,
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     rules: Arc<ChannelRules>,
@@ -206,6 +208,7 @@ impl RedisBroker {
             client: client.clone(),
             config: config.clone(),
             node_id: node_id.to_string(),
+            node_address: std::sync::OnceLock::new(),
             sink,
             metrics,
             rules,
@@ -754,6 +757,17 @@ impl Broker for RedisBroker {
             .collect();
         nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
         Ok(nodes)
+    }
+
+    fn advertise(&self, address: String) {
+        let _ = self.shared.node_address.set(address);
+    }
+
+    async fn node_address(&self, node: &str) -> Result<Option<String>, BrokerError> {
+        self.shared.connected()?;
+        let stats: Option<String> = self.shared.client.hget(keys::NODES, node).await?;
+        let stats: Option<serde_json::Value> = stats.and_then(|stats| serde_json::from_str(&stats).ok());
+        Ok(stats.and_then(|stats| stats["address"].as_str().map(str::to_string)))
     }
 
     fn is_ready(&self) -> bool {

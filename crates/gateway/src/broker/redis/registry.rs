@@ -31,13 +31,17 @@ pub(super) fn spawn(shared: Arc<RedisShared>) {
 
 async fn heartbeat(shared: &RedisShared, interval: Duration) -> Result<(), Error> {
     let now = crate::broker::unix_millis();
-    let stats = serde_json::json!({
+    let mut stats = serde_json::json!({
         "connections": shared.metrics.connections.get(),
         "subscriptions": shared.metrics.subscriptions.get(),
         "channels": shared.metrics.channels.get(),
         "version": env!("CARGO_PKG_VERSION"),
         "seen_ms": now,
     });
+    if let Some(address) = shared.node_address.get() {
+        // Where other nodes forward Socket.IO polling requests for this node's sessions.
+        stats["address"] = serde_json::Value::String(address.clone());
+    }
     let _: () = shared.client.hset(keys::NODES, (shared.node_id.as_str(), stats.to_string())).await?;
     let _: () = shared
         .client
