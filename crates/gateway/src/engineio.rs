@@ -127,6 +127,7 @@ async fn forward(node: &Arc<Node>, owner: &str, request: Request) -> Response {
             return unknown_session();
         }
     };
+    node.metrics.socketio_forwarded.inc();
     if request.headers().contains_key(header::UPGRADE) {
         return relay_upgrade(node, address, request);
     }

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub cluster_node_connections: IntGaugeVec,
     /// Open connections by protocol: `json`, `msgpack` (native) or `socketio`.
     pub protocol_connections: IntGaugeVec,
+    /// Socket.IO polling requests and upgrades forwarded to the node holding the session.
+    pub socketio_forwarded: IntCounter,
 }
 
 impl Metrics {
@@ -262,6 +264,10 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique gauge vec");
                 g
             },
+            socketio_forwarded: counter(
+                "socketio_forwarded_total",
+                "Socket.IO polling requests and upgrades forwarded to the node holding the session",
+            ),
             protocol_connections: {
                 let g = IntGaugeVec::new(
                     Opts::new("switchboard_protocol_connections", "Open connections by protocol"),

@@ -60,6 +60,8 @@ pub(crate) struct RedisShared {
     node_id: String,
     /// The address peers reach this node's HTTP listener at, for the registry.
     node_address: std::sync::OnceLock<String>,
+    /// Asks the registry task for a heartbeat now (the address was just set).
+    beat_now: tokio::sync::Notify,
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     rules: Arc<ChannelRules>,
@@ -209,6 +211,7 @@ impl RedisBroker {
             config: config.clone(),
             node_id: node_id.to_string(),
             node_address: std::sync::OnceLock::new(),
+            beat_now: tokio::sync::Notify::new(),
             sink,
             metrics,
             rules,
@@ -761,6 +764,8 @@ impl Broker for RedisBroker {
 
     fn advertise(&self, address: String) {
         let _ = self.shared.node_address.set(address);
+        // Peers can forward to this node as soon as the registry has the address.
+        self.shared.beat_now.notify_one();
     }
 
     async fn node_address(&self, node: &str) -> Result<Option<String>, BrokerError> {

@@ -16,7 +16,10 @@ pub(super) fn spawn(shared: Arc<RedisShared>) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shared.beat_now.notified() => {}
+            }
             if let Err(error) = heartbeat(&shared, interval).await {
                 tracing::debug!(%error, "node heartbeat failed");
             }
