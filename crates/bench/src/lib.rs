@@ -5,6 +5,7 @@
 pub mod lean;
 pub mod reader;
 pub mod scenarios;
+pub mod socketio;
 pub mod stats;
 pub mod target;
 

@@ -56,7 +56,10 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
     // CPU is read from /proc at 10 ms resolution and a pid that cannot be read counts as
     // zero, so one scenario may show 0; all of them together cannot.
     let (mut gateway_cpu, mut own_cpu) = (0.0, 0.0);
-    for encoding in [Encoding::Json, Encoding::MsgPack] {
+    // Native JSON, native MessagePack, and Socket.IO (raw Engine.IO over WebSocket).
+    for (encoding, socketio) in [(Encoding::Json, false), (Encoding::MsgPack, false), (Encoding::Json, true)]
+    {
+        let label = if socketio { "socketio" } else { encoding.name() };
         let fanout = scenarios::fanout::run(scenarios::fanout::Fanout {
             target: Target { encoding, ..target(&nodes) },
             subscribers: 20,
@@ -64,15 +67,16 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
             rate: 200,
             duration: 0.5,
             payload: 100,
-            channel: format!("bench:smoke-{}", encoding.name()),
+            channel: format!("bench:smoke-{label}"),
             connect_concurrency: 8,
             window: 64,
             api: None,
             api_key: String::new(),
+            socketio,
         })
         .await
         .unwrap();
-        assert_eq!(fanout["encoding"], encoding.name());
+        assert_eq!(fanout["encoding"], label);
         assert!(fanout["published"].as_u64().unwrap() > 0, "{fanout}");
         assert_eq!(fanout["deliveries"].as_u64(), fanout["published"].as_u64().map(|p| p * 20), "{fanout}");
         assert_eq!(
@@ -180,6 +184,7 @@ async fn fanout_and_failover_run_on_a_redis_cluster() {
         window: 1,
         api: None,
         api_key: String::new(),
+        socketio: false,
     })
     .await
     .unwrap();

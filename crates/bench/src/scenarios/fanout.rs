@@ -1,5 +1,7 @@
 //! `fanout`: N subscribers of one channel spread over the nodes, publishers at a target
 //! rate (or as fast as they can): deliveries/s, end-to-end latency, loss, duplicates.
+//! With `--socketio` every connection speaks Socket.IO instead (see `crate::socketio`),
+//! against Switchboard's `/socket.io/` or a Node.js Socket.IO server alike.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -11,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    lean, reader,
+    lean, reader, socketio,
     stats::{cpu_per_million, total_cpu, Deliveries},
     target::Target,
 };
@@ -55,6 +57,10 @@ pub struct Fanout {
     /// The API key for `--api` (crates/bench/bench.toml uses `bench-key`).
     #[arg(long, default_value = "bench-key")]
     pub api_key: String,
+    /// Subscribers and publishers speak Socket.IO (raw Engine.IO v4 over WebSocket, the
+    /// `subscribe` and `publish` events) to `/socket.io/` of each `--url`'s host.
+    #[arg(long)]
+    pub socketio: bool,
 }
 
 /// Runs the scenario and returns its JSON result.
@@ -69,9 +75,14 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     for n in 0..settings.subscribers {
         let (url, source, token) =
             (settings.target.url(n).to_string(), settings.target.source(n), tokens.mint(&format!("s{n}"))?);
-        let (gate, channel) = (gate.clone(), settings.channel.clone());
+        let (gate, channel, sio) = (gate.clone(), settings.channel.clone(), settings.socketio);
         setups.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
+            if sio {
+                let mut socket = socketio::open(&url, source, &token).await?;
+                socketio::subscribe(&mut socket, &channel).await?;
+                return anyhow::Ok((socket, 0));
+            }
             let mut socket = lean::open(&url, source, &token, encoding).await?;
             let top = lean::subscribe(&mut socket, encoding, 2, &channel).await?;
             anyhow::Ok((socket, top))
@@ -86,8 +97,11 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     let (ends, readers): (Vec<_>, Vec<_>) = subscribers
         .into_iter()
         .map(|(socket, top)| {
-            let start = HashMap::from([(settings.channel.clone(), top)]);
             let (end, told) = reader::end_signal();
+            if settings.socketio {
+                return (end, tokio::spawn(socketio::read(socket, settings.publishers.max(1), told)));
+            }
+            let start = HashMap::from([(settings.channel.clone(), top)]);
             (end, tokio::spawn(reader::read(socket, start, told)))
         })
         .unzip();
@@ -101,6 +115,9 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
             tokio::spawn(async move {
                 match &settings.api {
                     Some(api) => publish_http(&settings, api).await,
+                    None if settings.socketio => {
+                        publish_socketio(settings, p, token?).await.map(|count| (count, count, Vec::new()))
+                    }
                     None => publish(settings, p, token?).await.map(|(count, top)| (count, top, Vec::new())),
                 }
             })
@@ -108,17 +125,22 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
         .collect();
     let mut published = 0;
     let mut last_offset = 0;
+    let mut last_sequence = HashMap::new();
     let mut api_latency = hdrhistogram::Histogram::<u64>::new(3)?;
-    for publisher in publishers {
+    for (index, publisher) in publishers.into_iter().enumerate() {
         let (count, top, latencies) = publisher.await??;
         published += count;
         last_offset = last_offset.max(top);
+        last_sequence.insert(index.to_string(), count);
         for micros in latencies {
             api_latency.record(micros)?;
         }
     }
     let publish_seconds = started.elapsed().as_secs_f64();
-    let expected = Arc::new(HashMap::from([(settings.channel.clone(), last_offset)]));
+    let expected = Arc::new(match settings.socketio {
+        true => last_sequence,
+        false => HashMap::from([(settings.channel.clone(), last_offset)]),
+    });
     for end in ends {
         let _ = end.send(expected.clone());
     }
@@ -131,7 +153,7 @@ pub async fn run(settings: Fanout) -> anyhow::Result<Value> {
     let deliveries_per_second = total.received as f64 / elapsed;
     Ok(json!({
         "nodes": settings.target.urls.len(),
-        "encoding": encoding.name(),
+        "encoding": if settings.socketio { "socketio" } else { encoding.name() },
         "subscribers": settings.subscribers,
         "publishers": settings.publishers,
         "target_rate": settings.rate,
@@ -217,6 +239,63 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
     sink.close().await?;
     let last_offset = replies.await??;
     Ok((count, last_offset))
+}
+
+/// Publishes with Socket.IO `publish` events for the configured duration, at most
+/// `window` waiting for their ack; returns how many.
+async fn publish_socketio(settings: Fanout, index: usize, token: String) -> anyhow::Result<u64> {
+    let url = settings.target.url(settings.subscribers + index).to_string();
+    let socket = socketio::open(&url, settings.target.source(index), &token).await?;
+    let (mut sink, mut stream) = socket.split();
+    let window_size = settings.window.max(1);
+    let window = Arc::new(Semaphore::new(window_size));
+    let (pongs, mut pings) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let acks = {
+        let window = window.clone();
+        tokio::spawn(async move {
+            let _close = CloseOnDrop(window.clone());
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else { continue };
+                if text.as_str() == "2" {
+                    let _ = pongs.send(());
+                } else if socketio::ack_id(&text).is_some() {
+                    if let Some(error) = socketio::ack_value(&text).and_then(|v| v.get("error").cloned()) {
+                        anyhow::bail!("publish refused: {error}");
+                    }
+                    window.add_permits(1);
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
+    let interval = (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
+    let mut next = tokio::time::Instant::now();
+    let mut count = 0u64;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next).await;
+            next += interval;
+        }
+        while pings.try_recv().is_ok() {
+            sink.send(Message::Text("3".into())).await?;
+        }
+        let Ok(permit) = window.acquire().await else {
+            acks.await??;
+            anyhow::bail!("the publisher's connection closed");
+        };
+        permit.forget();
+        count += 1;
+        sink.send(socketio::publish_frame(count, &settings.channel, settings.payload, index, count)).await?;
+    }
+    if window.acquire_many(window_size as u32).await.is_err() {
+        acks.await??;
+        anyhow::bail!("the publisher's connection closed before the last acks");
+    }
+    sink.close().await?;
+    acks.abort();
+    Ok(count)
 }
 
 /// Publishes through the HTTP API, one request at a time; returns how many, the last
