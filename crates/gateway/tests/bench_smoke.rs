@@ -142,14 +142,15 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
         "{idle}"
     );
 
-    for churn in [false, true] {
+    // Held connections also subscribe to a channel each; the last run speaks Socket.IO.
+    for (churn, socketio) in [(false, false), (true, false), (false, true)] {
         let connect = scenarios::connect::run(scenarios::connect::Connect {
             target: target(&nodes),
             connections: 200,
             concurrency: 16,
             churn,
-            // Held connections also subscribe to a channel each.
             subscribe: !churn,
+            socketio,
         })
         .await
         .unwrap();
@@ -162,6 +163,7 @@ async fn fanout_rooms_idle_and_connect_run_on_one_node() {
         assert!(own >= 0.0 && own.is_finite(), "{connect}");
         own_cpu += own;
         assert_eq!(connect["churn"], churn, "{connect}");
+        assert_eq!(connect["protocol"], if socketio { "socketio" } else { "json" }, "{connect}");
     }
     assert!(gateway_cpu > 0.0, "no gateway CPU measured over every scenario: wrong pid?");
     assert!(own_cpu > 0.0, "no load-generator CPU measured over 400 connections");

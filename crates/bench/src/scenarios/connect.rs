@@ -5,7 +5,9 @@
 //! By default every connection stays open until all are established, as in a reconnect
 //! storm after a node loss (clients come to stay); the rate and the gateway CPU are taken
 //! before they are closed. `--churn` closes each one as soon as it is accepted, which
-//! adds the cost of tearing connections down to the figures.
+//! adds the cost of tearing connections down to the figures. `--socketio` connects with
+//! Socket.IO instead (an Engine.IO WebSocket and a CONNECT with the token; with
+//! `--subscribe`, the `subscribe` event).
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::{
-    lean,
+    lean, socketio,
     stats::{cpu_seconds, total_cpu},
     target::Target,
 };
@@ -39,6 +41,9 @@ pub struct Connect {
     /// (`bench:connect-<n>`), and time both together: what a fresh subscribe costs.
     #[arg(long)]
     pub subscribe: bool,
+    /// Connect with Socket.IO to `/socket.io/` of each `--url`'s host.
+    #[arg(long)]
+    pub socketio: bool,
 }
 
 /// Runs the scenario.
@@ -56,20 +61,31 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
     let started = std::time::Instant::now();
     let mut attempts = Vec::with_capacity(settings.connections);
     for (n, token) in minted.into_iter().enumerate() {
-        let (url, source, gate, churn, subscribe) = (
+        let (url, source, gate, churn, subscribe, sio) = (
             settings.target.url(n).to_string(),
             settings.target.source(n),
             gate.clone(),
             settings.churn,
             settings.subscribe,
+            settings.socketio,
         );
         attempts.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let begun = std::time::Instant::now();
-            let mut socket = lean::open(&url, source, &token, encoding).await?;
-            if subscribe {
-                lean::subscribe(&mut socket, encoding, 2, &format!("bench:connect-{n}")).await?;
-            }
+            let channel = format!("bench:connect-{n}");
+            let socket = if sio {
+                let mut socket = socketio::open(&url, source, &token).await?;
+                if subscribe {
+                    socketio::subscribe(&mut socket, &channel).await?;
+                }
+                socket
+            } else {
+                let mut socket = lean::open(&url, source, &token, encoding).await?;
+                if subscribe {
+                    lean::subscribe(&mut socket, encoding, 2, &channel).await?;
+                }
+                socket
+            };
             let took = begun.elapsed();
             let held = (!churn).then_some(socket);
             anyhow::Ok((took, held))
@@ -104,6 +120,7 @@ pub async fn run(settings: Connect) -> anyhow::Result<Value> {
         "concurrency": settings.concurrency,
         "churn": settings.churn,
         "subscribe": settings.subscribe,
+        "protocol": if settings.socketio { "socketio" } else { encoding.name() },
         "succeeded": succeeded,
         "failed": failures,
         "first_error": first_error,

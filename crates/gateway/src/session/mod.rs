@@ -151,7 +151,7 @@ struct Connection {
 async fn serve(
     node: Arc<Node>,
     connection: Connection,
-    input: Input,
+    mut input: Input,
     writer: Option<tokio::task::JoinHandle<()>>,
     polling: Option<Arc<PollingSession>>,
 ) {
@@ -170,7 +170,7 @@ async fn serve(
         if let Wire::SocketIo(_) = wire {
             session.socketio_open(polling.is_some());
         }
-        session.read_loop(input).await;
+        session.read_loop(&mut input).await;
         // Boxed, like every command below: an idle connection's task then holds only the
         // read loop's small state, not the largest command's (see docs/BENCHMARKS.md).
         Box::pin(session.cleanup()).await;
@@ -312,7 +312,9 @@ impl Session {
         session
     }
 
-    async fn read_loop(&mut self, mut input: Input) {
+    /// Reads `input` (held by the caller: moved in here, its 300 bytes would be kept twice
+    /// in every idle connection's task) until the connection ends.
+    async fn read_loop(&mut self, input: &mut Input) {
         let node = self.node.clone();
         let control = self.control.clone();
         loop {
@@ -323,11 +325,11 @@ impl Session {
                 () = node.shutdown.cancelled() => {
                     self.close(Code::Shutdown, "node is shutting down", Some(jitter(&node)), true);
                 }
-                incoming = input.next() => match incoming {
+                incoming = std::future::poll_fn(|cx| input.poll_next(cx)) => match incoming {
                     Incoming::Ended => break,
                     Incoming::Message(Ok(message)) => self.on_message(message).await,
                     Incoming::Message(Err(error)) => self.on_read_error(&error),
-                    Incoming::Upgrade(handoff) => input = self.upgrade(handoff),
+                    Incoming::Upgrade(handoff) => *input = self.upgrade(handoff),
                 },
                 () = tokio::time::sleep_until(deadline) => self.on_timer(),
                 command = control.next_command() => Box::pin(self.on_command(command)).await,
@@ -637,25 +639,31 @@ enum Incoming {
 }
 
 impl Input {
-    async fn next(&mut self) -> Incoming {
+    /// Polled in place rather than an `async fn`, whose state would sit in every idle
+    /// connection's task (see "idle memory" in docs/BENCHMARKS.md).
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Incoming> {
+        use std::{future::Future, task::Poll};
         match self {
-            Input::WebSocket(stream) => match stream.next().await {
+            Input::WebSocket(stream) => stream.poll_next_unpin(cx).map(|message| match message {
                 Some(message) => Incoming::Message(message),
                 None => Incoming::Ended,
-            },
+            }),
             // Packets first: those posted before the upgrade precede the WebSocket's.
-            Input::Polling(polling) => tokio::select! {
-                biased;
-                packet = polling.packets.recv() => match packet {
-                    Some(message) => Incoming::Message(Ok(message)),
-                    None => Incoming::Ended,
-                },
-                handoff = &mut polling.handoff, if !polling.handoff.is_terminated() => match handoff {
+            Input::Polling(polling) => {
+                if let Poll::Ready(packet) = polling.packets.poll_recv(cx) {
+                    return Poll::Ready(
+                        packet.map_or(Incoming::Ended, |message| Incoming::Message(Ok(message))),
+                    );
+                }
+                if polling.handoff.is_terminated() {
+                    return Poll::Pending;
+                }
+                std::pin::Pin::new(&mut polling.handoff).poll(cx).map(|handoff| match handoff {
                     Ok(handoff) => Incoming::Upgrade(Box::new(handoff)),
                     // The polling session is gone: so is the client.
                     Err(_) => Incoming::Ended,
-                },
-            },
+                })
+            }
         }
     }
 }
