@@ -39,6 +39,7 @@ use crate::{
     config::MAX_SOCKETIO_NAMESPACES,
     metrics::Metrics,
     outbox::{backlog::Backlog, CloseRequest, Outbox, SessionCommand},
+    sio_recovery::SioRooms,
     transport::frame::{OpCode, WireFrame},
     wire::{self, Wire},
 };
@@ -311,6 +312,9 @@ enum State {
 struct Subscriber {
     outbox: Outbox,
     wire: Wire,
+    /// A recoverable Socket.IO connection's rooms and this channel's slot in them: its
+    /// publication events carry the connection's position vector.
+    recovery: Option<(Arc<SioRooms>, usize)>,
     state: State,
     /// The last position this subscriber was sent. Publications at or before it are
     /// dropped: with Redis, a live message can reach the hub after the subscriber
@@ -344,6 +348,11 @@ impl Subscriber {
             },
         };
         if let Some(frame) = delivery.frame(self.wire, epoch) {
+            if let (Some((rooms, slot)), Some((_, offset))) = (&self.recovery, delivery.stream_position()) {
+                return rooms.deliver(*slot, offset, frame, |frame| {
+                    self.outbox.push(frame, Some(delivery.received_at))
+                });
+            }
             return self.outbox.push(frame.clone(), Some(delivery.received_at));
         }
         if delivery.stream_position().is_some() && epoch == Epoch::Carry {
@@ -372,6 +381,19 @@ impl Hub {
 
     /// Adds a buffering subscription. Returns `false` if `conn` is already subscribed.
     pub fn subscribe(&self, channel: &str, conn: ConnId, outbox: Outbox, wire: Wire) -> bool {
+        self.subscribe_recoverable(channel, conn, outbox, wire, None)
+    }
+
+    /// [`Hub::subscribe`] for a connection whose publication events carry its position in
+    /// every room (Socket.IO connection state recovery): its rooms and this channel's slot.
+    pub fn subscribe_recoverable(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        outbox: Outbox,
+        wire: Wire,
+        recovery: Option<(Arc<SioRooms>, usize)>,
+    ) -> bool {
         let mut entry = self.channels.entry(Arc::from(channel)).or_insert_with(|| {
             self.metrics.channels.inc();
             HashMap::new()
@@ -379,7 +401,10 @@ impl Hub {
         if entry.contains_key(&conn) {
             return false;
         }
-        entry.insert(conn, Subscriber { outbox, wire, state: State::Buffering(Vec::new()), last: None });
+        entry.insert(
+            conn,
+            Subscriber { outbox, wire, recovery, state: State::Buffering(Vec::new()), last: None },
+        );
         self.metrics.subscriptions.inc();
         true
     }

@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod rpc;
 pub mod server;
 mod session;
+pub mod sio_recovery;
 pub mod subscriptions;
 pub mod transport;
 pub mod wire;

@@ -154,6 +154,7 @@ fn every_redis_key_and_function_is_documented() {
         keys::presence_users(channel),
         keys::acks(channel),
         keys::probe("<node>"),
+        keys::socketio_session("<pid>"),
         keys::rpc_stream("<route>"),
         keys::rpc_replies("<node>"),
         keys::NODES.to_string(),

@@ -168,6 +168,7 @@ async fn events_route_to_builtins_rules_and_rpc() {
     config.socketio.namespaces.push(switchboard_gateway::config::SocketIoNamespace {
         name: "/admin".into(),
         prefix: "open:admin-".into(),
+        recovery: false,
     });
     config.socketio.events.push(switchboard_gateway::config::SocketIoEventRule {
         event: Some("typing".into()),
@@ -526,4 +527,71 @@ async fn polling_sessions_work_through_any_node_without_stickiness() {
     let (status, _, body) =
         http(other, "GET", &format!("/socket.io/?EIO=4&transport=polling&sid={ghost}"), &[], "").await;
     assert_eq!((status, body.as_str()), (400, r#"{"code":1,"message":"Session ID unknown"}"#));
+}
+
+/// A namespace with connection state recovery: events carry the client's position in
+/// every room; a client that comes back with its `pid` and last `offset` gets every
+/// missed event, once, in order, before the CONNECT reply naming the same `pid`, and its
+/// rooms back. A `pid` of nobody, or an offset of another session, starts afresh.
+#[tokio::test]
+async fn connection_state_recovery_resumes_every_room() {
+    let mut config = socketio_config();
+    config.socketio.namespaces[0].recovery = true;
+    let server = TestServer::start(config).await;
+    let (mut client, _) = RawSio::open(&server, "").await;
+    client.send(&format!(r#"40{{"token":"{}"}}"#, token("alice"))).await;
+    let reply: Value = serde_json::from_str(client.text().await.strip_prefix("40").unwrap()).unwrap();
+    let pid = reply["pid"].as_str().expect("a pid").to_string();
+    client.call(0, "subscribe", json!("nohist:none")).await;
+    client.call(1, "subscribe", json!("chat:a")).await;
+    client.call(2, "subscribe", json!("chat:b")).await;
+    server.backend_publish("chat:a", "said", json!("a1")).await;
+    server.backend_publish("chat:b", "said", json!("b1")).await;
+    let mut last_offset = String::new();
+    for expected in ["a1", "b1"] {
+        let (name, args) = client.event().await;
+        assert_eq!((name.as_str(), &args[0]), ("said", &json!(expected)));
+        last_offset = args[1].as_str().expect("the position vector as last argument").to_string();
+    }
+    // The transport dies; the rooms go on.
+    drop(client);
+    for n in 2..5 {
+        server.backend_publish("chat:a", "said", json!(format!("a{n}"))).await;
+        server.backend_publish("chat:b", "said", json!(format!("b{n}"))).await;
+    }
+    let (mut back, _) = RawSio::open(&server, "").await;
+    back.send(&format!(r#"40{{"token":"{}","pid":"{pid}","offset":"{last_offset}"}}"#, token("alice"))).await;
+    let mut missed = Vec::new();
+    let connect = loop {
+        let text = back.text().await;
+        if let Some(reply) = text.strip_prefix("40") {
+            break serde_json::from_str::<Value>(reply).unwrap();
+        }
+        let items: Vec<Value> = serde_json::from_str(text.strip_prefix("42").unwrap()).unwrap();
+        if items[0] != "sb:join" {
+            missed.push(items[1].as_str().unwrap().to_string());
+        }
+    };
+    assert_eq!(connect["pid"], json!(pid), "recovered: the same pid");
+    let mut a: Vec<&str> = missed.iter().filter(|m| m.starts_with('a')).map(String::as_str).collect();
+    let mut b: Vec<&str> = missed.iter().filter(|m| m.starts_with('b')).map(String::as_str).collect();
+    assert_eq!((a.clone(), b.clone()), (vec!["a2", "a3", "a4"], vec!["b2", "b3", "b4"]), "{missed:?}");
+    // Live again in every room, without subscribing.
+    server.backend_publish("chat:b", "said", json!("b5")).await;
+    assert_eq!(back.event().await.1[0], json!("b5"));
+    a.clear();
+    b.clear();
+    // Unknown pid: a new session, nothing resumed.
+    let (mut stranger, _) = RawSio::open(&server, "").await;
+    stranger.send(&format!(r#"40{{"token":"{}","pid":"nope","offset":"0:1"}}"#, token("alice"))).await;
+    let reply: Value = serde_json::from_str(stranger.text().await.strip_prefix("40").unwrap()).unwrap();
+    assert_ne!(reply["pid"], json!(pid));
+    // Another user cannot take the session over.
+    let (mut thief, _) = RawSio::open(&server, "").await;
+    thief
+        .send(&format!(r#"40{{"token":"{}","pid":"{pid}","offset":"{last_offset}"}}"#, token("mallory")))
+        .await;
+    let reply: Value = serde_json::from_str(thief.text().await.strip_prefix("40").unwrap()).unwrap();
+    assert_ne!(reply["pid"], json!(pid));
+    server.shutdown().await;
 }

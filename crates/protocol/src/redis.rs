@@ -124,6 +124,12 @@ pub fn lifecycle_alive(node: &str) -> String {
     format!("sb:{{lifecycle}}:alive:{node}")
 }
 
+/// The stored rooms of a recoverable Socket.IO session (docs/socketio.md), a JSON string
+/// with the recovery window as TTL.
+pub fn socketio_session(pid: &str) -> String {
+    format!("sb:sio:{pid}")
+}
+
 /// The pub/sub channel a node publishes its liveness probe to (and subscribes to).
 pub fn probe(node: &str) -> String {
     format!("sb:probe:{node}")

@@ -34,6 +34,8 @@ pub struct MemoryBroker {
     acks: DashMap<(String, String), StreamPosition>,
     idempotency: DashMap<(String, String), (StreamPosition, Instant)>,
     idempotency_ttl: Duration,
+    /// Recoverable Socket.IO sessions: rooms (JSON) and expiry.
+    socketio_sessions: DashMap<String, (String, Instant)>,
     sink: Arc<dyn EventSink>,
     idle_ttl: Duration,
     unpublished_ttl: Duration,
@@ -83,6 +85,7 @@ impl MemoryBroker {
             acks: DashMap::new(),
             idempotency: DashMap::new(),
             idempotency_ttl: Duration::from_secs(300),
+            socketio_sessions: DashMap::new(),
             sink,
             idle_ttl,
             unpublished_ttl: idle_ttl,
@@ -335,6 +338,29 @@ impl Broker for MemoryBroker {
         _timeout: std::time::Duration,
     ) -> Result<Option<String>, BrokerError> {
         Err(BrokerError::Unavailable("stream RPC routes need the Redis broker".into()))
+    }
+
+    async fn store_socketio_session(
+        &self,
+        pid: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        // Expired sessions go as new ones come: the map stays bounded by the live ones.
+        self.socketio_sessions.retain(|_, (_, expires)| *expires > now);
+        self.socketio_sessions.insert(pid.to_string(), (record.to_string(), now + ttl));
+        Ok(())
+    }
+
+    async fn load_socketio_session(&self, pid: &str) -> Result<Option<String>, BrokerError> {
+        let now = Instant::now();
+        Ok(self.socketio_sessions.get(pid).filter(|entry| entry.1 > now).map(|entry| entry.0.clone()))
+    }
+
+    async fn delete_socketio_session(&self, pid: &str) -> Result<(), BrokerError> {
+        self.socketio_sessions.remove(pid);
+        Ok(())
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {

@@ -341,6 +341,20 @@ pub trait Broker: Send + Sync + 'static {
         let _ = address;
     }
 
+    /// Stores a recoverable Socket.IO session's rooms (JSON) under `pid` for `ttl`.
+    async fn store_socketio_session(
+        &self,
+        pid: &str,
+        record: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), BrokerError>;
+
+    /// The stored rooms of Socket.IO session `pid`, if it has not expired.
+    async fn load_socketio_session(&self, pid: &str) -> Result<Option<String>, BrokerError>;
+
+    /// Forgets Socket.IO session `pid` (the client left on purpose).
+    async fn delete_socketio_session(&self, pid: &str) -> Result<(), BrokerError>;
+
     /// The HTTP address node `node` advertised, if it is alive and advertised one.
     async fn node_address(&self, node: &str) -> Result<Option<String>, BrokerError> {
         let _ = node;

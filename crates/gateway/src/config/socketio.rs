@@ -38,6 +38,9 @@ pub struct SocketIoConfig {
     /// Where other events go, tried in order (`[[socketio.events]]`); an event no rule
     /// matches is an `rpc` call with the event's name as the method.
     pub events: Vec<SocketIoEventRule>,
+    /// How long a recoverable session's rooms are kept after its connection is gone, in
+    /// milliseconds (namespaces with `recovery`). Default 120000 (Socket.IO's).
+    pub recovery_window_ms: u64,
 }
 
 impl Default for SocketIoConfig {
@@ -47,9 +50,10 @@ impl Default for SocketIoConfig {
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             polling_max_packets: 16,
-            namespaces: vec![SocketIoNamespace { name: "/".into(), prefix: String::new() }],
+            namespaces: vec![SocketIoNamespace { name: "/".into(), prefix: String::new(), recovery: false }],
             builtin_events: true,
             events: vec![],
+            recovery_window_ms: 120_000,
         }
     }
 }
@@ -63,6 +67,12 @@ pub struct SocketIoNamespace {
     /// Prepended to every room (channel) a client of this namespace names: with
     /// `prefix = "admin:"`, `emit("subscribe", "alerts")` joins channel `admin:alerts`.
     pub prefix: String,
+    /// Connection state recovery (socket.io-client ≥ 4.6 with `connectionStateRecovery`):
+    /// events carry the client's position in every room as their last argument, and a
+    /// client reconnecting to any node within `socketio.recovery_window_ms` gets its rooms
+    /// back and every missed event. Off by default, as in Socket.IO: the extra argument
+    /// reaches handlers (python-socketio's fixed-arity ones fail on it). Default false.
+    pub recovery: bool,
 }
 
 /// What a matched event does.
@@ -122,9 +132,14 @@ impl SocketIoConfig {
     /// [`ConfigError::Invalid`] naming the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |what: String| Err(ConfigError::Invalid(format!("socketio.{what}")));
-        if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 || self.polling_max_packets == 0 {
+        if self.ping_interval_ms == 0
+            || self.ping_timeout_ms == 0
+            || self.polling_max_packets == 0
+            || self.recovery_window_ms == 0
+        {
             return invalid(
-                "ping_interval_ms, ping_timeout_ms and polling_max_packets must be positive".into(),
+                "ping_interval_ms, ping_timeout_ms, polling_max_packets and recovery_window_ms must be positive"
+                    .into(),
             );
         }
         if self.namespaces.is_empty() || self.namespaces.len() > MAX_SOCKETIO_NAMESPACES {
@@ -179,7 +194,11 @@ mod tests {
     #[test]
     fn invalid_sections_are_named() {
         let mut config = SocketIoConfig::default();
-        config.namespaces.push(SocketIoNamespace { name: "admin".into(), prefix: "a:".into() });
+        config.namespaces.push(SocketIoNamespace {
+            name: "admin".into(),
+            prefix: "a:".into(),
+            recovery: false,
+        });
         assert!(config.validate().expect_err("invalid").to_string().contains("namespaces[1]"));
         let mut config = SocketIoConfig::default();
         config.events.push(SocketIoEventRule { action: EventAction::Publish, ..Default::default() });

@@ -65,7 +65,7 @@ impl Session {
         self.identity.as_ref().unwrap_or_else(|| unreachable!("checked in handle"))
     }
 
-    fn client_info(&self) -> ClientInfo {
+    pub(super) fn client_info(&self) -> ClientInfo {
         let identity = self.identity();
         ClientInfo {
             client: self.client_id.clone(),
@@ -342,7 +342,9 @@ impl Session {
         resume: Resume,
     ) -> Result<Joining, CommandError> {
         let client = self.client_info();
-        let member = Member { conn: self.conn, outbox: &self.outbox, wire: self.wire, client: &client };
+        let recovery = self.socketio.recovery.as_ref().map(|r| (r.rooms.clone(), r.rooms.slot(channel)));
+        let member =
+            Member { conn: self.conn, outbox: &self.outbox, wire: self.wire, recovery, client: &client };
         self.node.subscriptions.join(channel, namespace, &member, resume).await
     }
 
@@ -353,12 +355,26 @@ impl Session {
     /// it out (they are read from that stream); the hub goes on from the epoch told.
     pub(super) async fn go_live(&mut self, joining: Joining) {
         let mut told = joining.result.epoch.as_str();
+        let recovery = self.socketio.recovery.as_ref().map(|r| {
+            r.rooms.joined(&joining.channel, &joining.result.epoch, joining.result.offset);
+            (r.rooms.clone(), r.rooms.slot(&joining.channel))
+        });
         for publication in &joining.missed {
             let epoch = Epoch::against(publication.epoch.as_deref(), told);
             if let (Epoch::Carry, Some(carried)) = (epoch, publication.epoch.as_deref()) {
                 told = carried;
             }
             match publication_frame(publication, self.wire, epoch) {
+                // A recoverable Socket.IO connection: the frame carries the position
+                // vector, queued under the rooms' lock (the missed publications must fit
+                // the queue: `limits.outbound_queue_frames`).
+                Ok(message) if recovery.is_some() => {
+                    let Some((rooms, slot)) = &recovery else { break };
+                    let offset = publication.offset.unwrap_or(0);
+                    if !rooms.deliver(*slot, offset, &message, |frame| self.outbox.push(frame, None)) {
+                        break;
+                    }
+                }
                 Ok(message) => {
                     if !self.outbox.push_waiting(message, self.outbound_wait()).await {
                         break;
@@ -378,6 +394,7 @@ impl Session {
         self.node.subscriptions.go_live(&joining, self.conn, &told);
         self.record_channel_event(&joining.channel, true).await;
         self.subscriptions.insert(joining.channel, joining.namespace);
+        self.store_recovery().await;
     }
 
     async fn unsubscribe(&mut self, id: u64, params: ChannelParams) -> Result<(), CommandError> {
@@ -402,6 +419,10 @@ impl Session {
         };
         let client = self.client_info();
         self.node.subscriptions.leave(channel, &namespace, self.conn, &client).await;
+        if let Some(recovery) = &self.socketio.recovery {
+            recovery.rooms.left(channel);
+            self.store_recovery().await;
+        }
     }
 
     async fn publish(&mut self, id: u64, params: PublishParams) -> Result<(), CommandError> {

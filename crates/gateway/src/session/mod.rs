@@ -445,6 +445,9 @@ impl Session {
     /// The earliest timer this connection is waiting for.
     fn next_deadline(&self) -> Instant {
         let mut deadline = self.next_ping.min(self.last_seen + self.silence_limit());
+        if let Some(at) = self.socketio.recovery.as_ref().and_then(|r| r.refresh_at) {
+            deadline = deadline.min(at);
+        }
         match &self.identity {
             None => deadline = deadline.min(self.started + self.auth_timeout()),
             Some(identity) => {
@@ -461,6 +464,7 @@ impl Session {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        self.refresh_recovery(now);
         if self.identity.is_none() && now >= self.started + self.auth_timeout() {
             return self.close(Code::AuthTimeout, "no connect command within the auth timeout", None, false);
         }
@@ -549,7 +553,12 @@ impl Session {
     }
 
     /// Queues a successful reply (nothing for a Socket.IO event that wants no ack).
-    fn reply<R: serde::Serialize>(&self, id: u64, result: R) {
+    fn reply<R: serde::Serialize>(&mut self, id: u64, result: R) {
+        if id == crate::wire::CONNECT_ID {
+            if let (Wire::SocketIo(ns), Some(recovery)) = (self.wire, self.socketio.recovery.as_mut()) {
+                return socketio::connect_reply(&self.outbox, &self.client_id, ns, recovery, &result);
+            }
+        }
         match self.wire.reply(id, &result) {
             Ok(Some(frame)) => {
                 self.outbox.push_now(frame);
@@ -577,6 +586,15 @@ impl Session {
     }
 
     async fn cleanup(&mut self) {
+        // A recoverable session's stored rooms stay as they are (the client may come back
+        // within the window), unless the client left on purpose.
+        if let Some(recovery) = self.socketio.recovery.take() {
+            if self.client_closed {
+                if let Err(error) = self.node.broker.delete_socketio_session(&recovery.pid).await {
+                    tracing::debug!(%error, "cannot forget a Socket.IO session");
+                }
+            }
+        }
         let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
         for channel in channels {
             self.leave(&channel).await;

@@ -12,14 +12,17 @@ use serde_json::Value;
 use switchboard_protocol::{
     command::{ConnectParams, PublishParams, RpcParams},
     socketio::{self, EnginePacket, SocketIoError, SocketKind, SocketPacket},
-    Code, Command, CommandBody,
+    Code, Command, CommandBody, StreamPosition,
 };
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Session;
 use crate::{
+    channel::personal_channel,
     config::EventAction,
     error::CommandError,
+    outbox::Outbox,
+    sio_recovery::{Record, Recovery},
     wire::{self, command_id, SioNamespace, Wire, CONNECT_ID},
 };
 
@@ -36,6 +39,28 @@ const ROOM_EVENTS: [&str; 5] = ["subscribe", "unsubscribe", "presence", "presenc
 pub(crate) struct State {
     /// Binary frames still to skip: the attachments of a refused binary packet.
     skip_binary: u32,
+    /// A recoverable session's id and rooms (namespaces with `recovery`).
+    pub(super) recovery: Option<Box<Recovery>>,
+}
+
+/// The reply to the CONNECT of a recoverable session: `40{sid, pid}`; while a recovery
+/// runs it is held back, noting only whether the channels it joined recovered.
+pub(super) fn connect_reply<R: serde::Serialize>(
+    outbox: &Outbox,
+    sid: &str,
+    namespace: SioNamespace,
+    recovery: &mut Recovery,
+    result: &R,
+) {
+    if recovery.hold_reply {
+        let result = serde_json::to_value(result).unwrap_or_default();
+        let recovered = result["subscriptions"]
+            .as_array()
+            .is_none_or(|joined| joined.iter().all(|s| s["recovered"] != Value::Bool(false)));
+        recovery.held_recovered = Some(recovered);
+        return;
+    }
+    outbox.push_now(wire::text(socketio::connect_frame(namespace.name, sid, Some(&recovery.pid))));
 }
 
 impl Session {
@@ -161,12 +186,145 @@ impl Session {
                 return self.close(Code::Unauthorized, "`auth.token` must be a string", None, true);
             }
         };
-        // Connection state recovery fields are socket.io-client's, not the application's.
-        auth.remove("pid");
-        auth.remove("offset");
+        let recoverable = config.namespaces.get(index).is_some_and(|ns| ns.recovery);
+        let resume = match (auth.remove("pid"), auth.remove("offset")) {
+            (Some(Value::String(pid)), Some(Value::String(offset))) if recoverable => Some((pid, offset)),
+            _ => None,
+        };
         let data = (!auth.is_empty()).then_some(Value::Object(auth));
         let params = ConnectParams { token, recover: None, data, channels: None };
+        match (recoverable, resume) {
+            (false, _) => self.handle(Command { id: CONNECT_ID, body: CommandBody::Connect(params) }).await,
+            (true, None) => {
+                self.socketio.recovery = Some(Box::new(Recovery::new()));
+                self.handle(Command { id: CONNECT_ID, body: CommandBody::Connect(params) }).await;
+                self.schedule_refresh();
+            }
+            (true, Some((pid, offset))) => Box::pin(self.socketio_recover(params, pid, offset)).await,
+        }
+    }
+
+    /// A CONNECT with the `pid` and `offset` of an earlier connection: resumes every room
+    /// it was in from the client's position there, sending what it missed before the `40`
+    /// that names the same `pid` (`socket.recovered` true). When anything is missing (the
+    /// session expired, another user's, a position no longer in a room's history) the
+    /// client gets a new `pid` and only its personal channel (`recovered` false).
+    async fn socketio_recover(&mut self, mut params: ConnectParams, pid: String, offset: String) {
+        let stored = match self.node.broker.load_socketio_session(&pid).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read a Socket.IO session");
+                None
+            }
+        };
+        let record: Option<Record> = stored.and_then(|json| serde_json::from_str(&json).ok());
+        let positions = record.as_ref().and_then(|record| record.positions(&offset));
+        let personal = record.as_ref().map(|record| personal_channel(&record.user));
+        params.recover = positions
+            .iter()
+            .flatten()
+            .find(|(channel, _)| Some(channel) == personal.as_ref())
+            .map(|(_, position)| position.clone());
+        let mut recovery = Recovery::resuming(pid);
+        recovery.hold_reply = true;
+        self.socketio.recovery = Some(Box::new(recovery));
         self.handle(Command { id: CONNECT_ID, body: CommandBody::Connect(params) }).await;
+        let personal_recovered = self.socketio.recovery.as_mut().and_then(|recovery| {
+            recovery.hold_reply = false;
+            recovery.held_recovered.take()
+        });
+        let Some(identity) = &self.identity else {
+            // Refused: the CONNECT_ERROR went out.
+            return;
+        };
+        let same_user = record.as_ref().is_some_and(|record| record.user == identity.user);
+        let mut recovered = personal_recovered == Some(true) && same_user && positions.is_some();
+        let mut joinings = Vec::new();
+        if recovered {
+            let rooms: Vec<(String, StreamPosition)> = positions
+                .into_iter()
+                .flatten()
+                .filter(|(channel, _)| Some(channel) != personal.as_ref())
+                .collect();
+            for (channel, position) in rooms {
+                match self.join_server_side(&channel, Some(position)).await {
+                    Ok(joining) => {
+                        let resumed = joining.result.recovered == Some(true);
+                        joinings.push(joining);
+                        if !resumed {
+                            recovered = false;
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, %channel, "a room of a Socket.IO session cannot be resumed");
+                        recovered = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if recovered {
+            for joining in joinings {
+                self.go_live(joining).await;
+            }
+        } else {
+            let client = self.client_info();
+            for joining in joinings {
+                self.node.subscriptions.leave(&joining.channel, &joining.namespace, self.conn, &client).await;
+            }
+            // A new session: the rooms left above never became active in its room list.
+            if let Some(recovery) = self.socketio.recovery.as_mut() {
+                **recovery = Recovery { rooms: recovery.rooms.clone(), ..Recovery::new() };
+            }
+        }
+        self.store_recovery().await;
+        self.schedule_refresh();
+        if let (Wire::SocketIo(ns), Some(recovery)) = (self.wire, &self.socketio.recovery) {
+            let reply = socketio::connect_frame(ns.name, &self.client_id, Some(&recovery.pid));
+            self.outbox.push_now(wire::text(reply));
+        }
+    }
+
+    /// Stores a recoverable session's rooms (with the recovery window as TTL).
+    pub(super) async fn store_recovery(&self) {
+        let (Some(recovery), Some(identity)) = (&self.socketio.recovery, &self.identity) else { return };
+        if recovery.hold_reply {
+            return;
+        }
+        let record = recovery.rooms.record(&identity.user);
+        let Ok(json) = serde_json::to_string(&record) else { return };
+        let ttl = std::time::Duration::from_millis(self.node.config.socketio.recovery_window_ms);
+        if let Err(error) = self.node.broker.store_socketio_session(&recovery.pid, &json, ttl).await {
+            tracing::warn!(%error, "cannot store a Socket.IO session's rooms: it may not be recoverable");
+        }
+    }
+
+    /// Refreshes the stored rooms' TTL every third of the window while connected, so
+    /// that they outlive the connection by at least two thirds of it.
+    fn schedule_refresh(&mut self) {
+        let every = std::time::Duration::from_millis(self.node.config.socketio.recovery_window_ms / 3 + 1);
+        if let Some(recovery) = self.socketio.recovery.as_mut() {
+            recovery.refresh_at = Some(tokio::time::Instant::now() + every);
+        }
+    }
+
+    /// The refresh, when due (from the session's timer).
+    pub(super) fn refresh_recovery(&mut self, now: tokio::time::Instant) {
+        let due = self.socketio.recovery.as_ref().and_then(|r| r.refresh_at).is_some_and(|at| now >= at);
+        if !due {
+            return;
+        }
+        self.schedule_refresh();
+        let (Some(recovery), Some(identity)) = (&self.socketio.recovery, &self.identity) else { return };
+        let Ok(json) = serde_json::to_string(&recovery.rooms.record(&identity.user)) else { return };
+        let (node, pid) = (self.node.clone(), recovery.pid.clone());
+        let ttl = std::time::Duration::from_millis(node.config.socketio.recovery_window_ms);
+        tokio::spawn(async move {
+            if let Err(error) = node.broker.store_socketio_session(&pid, &json, ttl).await {
+                tracing::debug!(%error, "cannot refresh a Socket.IO session's rooms");
+            }
+        });
     }
 
     async fn socketio_event(&mut self, packet: SocketPacket<'_>) {

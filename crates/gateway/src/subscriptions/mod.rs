@@ -52,6 +52,8 @@ pub struct Member<'a> {
     pub outbox: &'a Outbox,
     /// Its wire format.
     pub wire: Wire,
+    /// A recoverable Socket.IO connection's rooms and the channel's slot in them.
+    pub recovery: Option<(Arc<crate::sio_recovery::SioRooms>, usize)>,
     /// Who it is, as presence and join/leave events show it.
     pub client: &'a ClientInfo,
 }
@@ -90,7 +92,8 @@ impl Subscriptions {
         member: &Member<'_>,
         resume: Resume,
     ) -> Result<Joining, CommandError> {
-        if !self.hub.subscribe(channel, member.conn, member.outbox.clone(), member.wire) {
+        let (outbox, recovery) = (member.outbox.clone(), member.recovery.clone());
+        if !self.hub.subscribe_recoverable(channel, member.conn, outbox, member.wire, recovery) {
             return Err(CommandError::refused(Code::AlreadySubscribed, "already subscribed"));
         }
         let config = &namespace.config;

@@ -105,7 +105,13 @@ impl Conn {
     }
 
     fn member(&self) -> Member<'_> {
-        Member { conn: self.id, outbox: &self.outbox, wire: Encoding::Json.into(), client: &self.client }
+        Member {
+            conn: self.id,
+            outbox: &self.outbox,
+            wire: Encoding::Json.into(),
+            recovery: None,
+            client: &self.client,
+        }
     }
 
     /// Every frame queued so far, as JSON.
@@ -300,6 +306,20 @@ impl Broker for Scripted {
     }
     async fn nodes(&self) -> Result<Vec<Value>, BrokerError> {
         self.inner.nodes().await
+    }
+    async fn store_socketio_session(
+        &self,
+        pid: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.inner.store_socketio_session(pid, record, ttl).await
+    }
+    async fn load_socketio_session(&self, pid: &str) -> Result<Option<String>, BrokerError> {
+        self.inner.load_socketio_session(pid).await
+    }
+    async fn delete_socketio_session(&self, pid: &str) -> Result<(), BrokerError> {
+        self.inner.delete_socketio_session(pid).await
     }
     async fn rpc(
         &self,

@@ -768,6 +768,33 @@ impl Broker for RedisBroker {
         self.shared.beat_now.notify_one();
     }
 
+    async fn store_socketio_session(
+        &self,
+        pid: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.shared.connected()?;
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let _: () = self
+            .shared
+            .client
+            .set(keys::socketio_session(pid), record, Some(Expiration::PX(ttl)), None, false)
+            .await?;
+        Ok(())
+    }
+
+    async fn load_socketio_session(&self, pid: &str) -> Result<Option<String>, BrokerError> {
+        self.shared.connected()?;
+        Ok(self.shared.client.get(keys::socketio_session(pid)).await?)
+    }
+
+    async fn delete_socketio_session(&self, pid: &str) -> Result<(), BrokerError> {
+        self.shared.connected()?;
+        let _: i64 = self.shared.client.del(keys::socketio_session(pid)).await?;
+        Ok(())
+    }
+
     async fn node_address(&self, node: &str) -> Result<Option<String>, BrokerError> {
         self.shared.connected()?;
         let stats: Option<String> = self.shared.client.hget(keys::NODES, node).await?;
