@@ -259,3 +259,33 @@ async fn clients_cannot_call_the_hooks_and_the_publish_hook_sees_the_idempotency
     ann.ok("publish", params).await;
     assert_eq!(ann.publication().await.data, json!({"text": "hi", "id": 42, "key": "m-1"}));
 }
+
+/// Socket.IO clients go through the same connect hook: the CONNECT's `auth` object is
+/// the hook's `data`, a denial is a CONNECT_ERROR carrying the backend's code.
+#[tokio::test]
+async fn the_connect_hook_serves_socketio_clients_with_their_auth_object() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = server().await;
+    async fn first_reply(server: &TestServer, connect: &str) -> String {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut texts: Vec<String> = Vec::new();
+        while texts.len() < 2 {
+            if texts.len() == 1 && texts[0] != "sent" {
+                assert!(texts[0].starts_with("0{"), "{texts:?}");
+                ws.send(Message::Text(connect.into())).await.unwrap();
+                texts[0] = "sent".into();
+            }
+            match tokio::time::timeout(fixture::WAIT, ws.next()).await.expect("a frame in time") {
+                Some(Ok(Message::Text(text))) => texts.push(text.to_string()),
+                other => panic!("expected a text frame: {other:?}"),
+            }
+        }
+        texts.pop().unwrap()
+    }
+    let admitted = first_reply(&server, r#"40{"session":"ann-session"}"#).await;
+    assert!(admitted.starts_with(r#"40{"sid":""#), "{admitted}");
+    let denied = first_reply(&server, r#"40{"session":"expired"}"#).await;
+    assert!(denied.starts_with(r#"44{"data":{"code":1401}"#), "{denied}");
+}

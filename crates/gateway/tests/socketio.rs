@@ -595,3 +595,51 @@ async fn connection_state_recovery_resumes_every_room() {
     assert_ne!(reply["pid"], json!(pid));
     server.shutdown().await;
 }
+
+/// A server-side close tells a Socket.IO client whether to come back: an operator's
+/// disconnect (3504) ends with a DISCONNECT packet (`41`, "io server disconnect": the
+/// client does not reconnect), a drain only closes the transport (the client reconnects
+/// elsewhere). Both say why first, in an `sb:disconnect` event.
+#[tokio::test]
+async fn server_closes_say_whether_to_reconnect() {
+    let mut server = TestServer::start(socketio_config()).await;
+    let mut kicked = RawSio::connected(&server, "kicked").await;
+    let control = switchboard_gateway::broker::Control::Disconnect { reason: "banned".into() };
+    assert!(server.node.broker.control("kicked", control).await.unwrap());
+    let (texts, code) = kicked.closed().await;
+    assert_eq!(code, Some(Code::ForceDisconnect.as_u16()));
+    assert!(
+        texts.iter().any(|t| t.starts_with(r#"42["sb:disconnect",{"code":3504"#) && t.contains("banned")),
+        "{texts:?}"
+    );
+    assert_eq!(texts.last().map(String::as_str), Some("41"), "{texts:?}");
+
+    let mut drained = RawSio::connected(&server, "drained").await;
+    server.begin_shutdown();
+    let (texts, code) = drained.closed().await;
+    assert_eq!(code, Some(Code::Shutdown.as_u16()));
+    assert!(texts.iter().any(|t| t.contains(r#""reconnect":true"#)), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.starts_with("41")), "a drained client must reconnect: {texts:?}");
+    server.stopped().await;
+}
+
+/// A polling session that closes while its client is upgrading (it stopped polling after
+/// the probe) sends its closing packets on the new WebSocket: a refused CONNECT still
+/// reaches the client as CONNECT_ERROR.
+#[tokio::test]
+async fn a_session_closing_during_the_upgrade_answers_on_the_websocket() {
+    let server = TestServer::start(socketio_config()).await;
+    let (client, _) = Polling::open(&server).await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket&sid={}", server.addr, client.sid);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut upgraded = RawSio { ws };
+    upgraded.send("2probe").await;
+    assert_eq!(upgraded.text().await, "3probe");
+    assert_eq!(client.post(&[r#"40{"token":"not-a-jwt"}"#]).await, (200, "ok".into()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upgraded.send("5").await;
+    let (texts, code) = upgraded.closed().await;
+    assert!(texts.first().is_some_and(|t| t.starts_with(r#"44{"data":{"code":113}"#)), "{texts:?}");
+    assert_eq!(code, Some(Code::Unauthorized.as_u16()), "{texts:?}");
+    server.shutdown().await;
+}

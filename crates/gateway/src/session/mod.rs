@@ -210,8 +210,25 @@ async fn serve(
                 for frame in writer::final_frames(writer::closing_wire(wire, &control), request) {
                     outbox.push_final(frame);
                 }
-                if tokio::time::timeout(grace, polling.drained()).await.is_err() {
-                    tracing::debug!("closing packets not polled in time");
+                // The client may be upgrading right now (it stopped polling after the
+                // probe): then the closing packets go out on its new WebSocket.
+                let upgraded = async {
+                    match &mut input {
+                        Input::Polling(polling) if !polling.handoff.is_terminated() => {
+                            (&mut polling.handoff).await.ok()
+                        }
+                        _ => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = polling.drained() => {}
+                    handoff = upgraded => {
+                        if let Some(Handoff { inbound, write }) = handoff {
+                            drop(inbound);
+                            writer::flush_and_close(outbox.attach(sink(&node, conn, write))).await;
+                        }
+                    }
+                    () = tokio::time::sleep(grace) => tracing::debug!("closing packets not polled in time"),
                 }
             }
         }

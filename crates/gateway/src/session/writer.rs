@@ -96,6 +96,19 @@ async fn drain(
     }
 }
 
+/// Writes what is queued (closing frames included) and shuts the socket: a polling
+/// connection that closed while its client was upgrading to this socket.
+pub(super) async fn flush_and_close(writer: Writer) {
+    let finish = async {
+        writer.take().await;
+        write_all(&writer, &mut Vec::new()).await;
+        writer.shutdown();
+    };
+    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT, finish).await.is_err() {
+        tracing::debug!("closing frames not written in time");
+    }
+}
+
 /// Writes everything queued, waiting for the socket as needed (the close sequence).
 async fn write_all(writer: &Writer, batch: &mut Vec<Outgoing>) {
     loop {
