@@ -72,6 +72,24 @@ pub async fn open(
 ) -> anyhow::Result<Socket> {
     let mut request = url.into_client_request()?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(encoding.subprotocol()));
+    let mut socket = handshake(request, source).await?;
+    send(&mut socket, encoding, 1, "connect", json!({ "token": token })).await?;
+    let reply = reply(&mut socket, encoding, 1).await?;
+    if reply.get("error").is_some() {
+        bail!("connect refused: {reply}");
+    }
+    Ok(socket)
+}
+
+/// Opens a TCP connection to `request`'s host from `source` and completes its WebSocket
+/// handshake, each step bounded by [`EXCHANGE_TIMEOUT`].
+///
+/// # Errors
+/// Connection or handshake failure.
+pub async fn handshake(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Socket> {
     let host = request.uri().host().context("url without host")?.to_string();
     let port = request.uri().port_u16().unwrap_or(80);
     let address = tokio::net::lookup_host((host.as_str(), port)).await?.next().context("cannot resolve")?;
@@ -85,14 +103,9 @@ pub async fn open(
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
     let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
-    let (mut socket, _) = tokio::time::timeout(EXCHANGE_TIMEOUT, handshake)
+    let (socket, _) = tokio::time::timeout(EXCHANGE_TIMEOUT, handshake)
         .await
         .with_context(|| format!("no WebSocket handshake from {address} in {EXCHANGE_TIMEOUT:?}"))??;
-    send(&mut socket, encoding, 1, "connect", json!({ "token": token })).await?;
-    let reply = reply(&mut socket, encoding, 1).await?;
-    if reply.get("error").is_some() {
-        bail!("connect refused: {reply}");
-    }
     Ok(socket)
 }
 

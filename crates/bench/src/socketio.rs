@@ -9,25 +9,21 @@
 //! sequence: `w` (the publisher) and `n` (1, 2, … per publisher), from which a reader
 //! counts losses, duplicates and reordering as it does with offsets.
 
-use std::{collections::HashMap, net::IpAddr, pin::pin, time::Duration};
+use std::net::IpAddr;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::{
-    net::{TcpSocket, TcpStream},
-    sync::oneshot,
-    time::Instant,
-};
+use tokio::{net::TcpStream, sync::oneshot};
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, protocol::WebSocketConfig, Message},
+    tungstenite::{client::IntoClientRequest, Message},
     WebSocketStream,
 };
 
 use crate::{
     lean::{self, EXCHANGE_TIMEOUT},
-    reader::Expected,
+    reader::{self, Expected, Step},
     stats::Deliveries,
 };
 
@@ -47,23 +43,7 @@ pub fn endpoint(url: &str) -> String {
 /// # Errors
 /// Connection or handshake failure, or a refused CONNECT.
 pub async fn open(url: &str, source: Option<IpAddr>, token: &str) -> anyhow::Result<Socket> {
-    let request = endpoint(url).into_client_request()?;
-    let host = request.uri().host().context("url without host")?.to_string();
-    let port = request.uri().port_u16().unwrap_or(80);
-    let address = tokio::net::lookup_host((host.as_str(), port)).await?.next().context("cannot resolve")?;
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if let Some(source) = source {
-        socket.bind((source, 0).into())?;
-    }
-    let stream = tokio::time::timeout(EXCHANGE_TIMEOUT, socket.connect(address))
-        .await
-        .with_context(|| format!("no TCP connection to {address} in {EXCHANGE_TIMEOUT:?}"))??;
-    stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
-    let (mut socket, _) = tokio::time::timeout(EXCHANGE_TIMEOUT, handshake)
-        .await
-        .with_context(|| format!("no WebSocket handshake from {address} in {EXCHANGE_TIMEOUT:?}"))??;
+    let mut socket = lean::handshake(endpoint(url).into_client_request()?, source).await?;
     let open = next_text(&mut socket).await?;
     if !open.starts_with("0{") {
         bail!("expected an Engine.IO open packet, got {open}");
@@ -140,64 +120,24 @@ struct Payload {
 /// # Errors
 /// When answering a ping fails.
 pub async fn read(
-    mut socket: Socket,
+    socket: Socket,
     publishers: usize,
     end: oneshot::Receiver<Expected>,
 ) -> anyhow::Result<Deliveries> {
-    const STALL: Duration = Duration::from_secs(5);
-    let mut deliveries = Deliveries::default();
-    let mut last: HashMap<String, u64> = (0..publishers).map(|w| (w.to_string(), 0)).collect();
-    let keys: Vec<String> = (0..publishers).map(|w| w.to_string()).collect();
-    let done = |last: &HashMap<String, u64>, expected: &HashMap<String, u64>| {
-        last.iter().all(|(w, n)| expected.get(w).is_none_or(|until| n >= until))
-    };
-    let mut end = pin!(end);
-    let mut expected: Option<Expected> = None;
-    let mut stall = pin!(tokio::time::sleep(STALL));
-    let mut last_received = Instant::now();
-    loop {
-        if expected.as_ref().is_some_and(|expected| done(&last, expected)) {
-            break;
-        }
-        let message = tokio::select! {
-            message = socket.next() => message,
-            told = &mut end, if expected.is_none() => {
-                expected = Some(told.unwrap_or_default());
-                continue;
-            }
-            () = &mut stall => {
-                if last_received.elapsed() >= STALL && expected.is_some() {
-                    break;
-                }
-                let quiet = last_received.elapsed() >= STALL;
-                stall.as_mut().reset(if quiet { Instant::now() } else { last_received } + STALL);
-                continue;
-            }
-        };
-        let Some(Ok(Message::Text(text))) = message else {
-            if matches!(message, Some(Ok(_))) {
-                continue;
-            }
-            break;
-        };
-        last_received = Instant::now();
+    let keys = (0..publishers).map(|w| w.to_string()).collect();
+    reader::read_with(socket, keys, vec![0; publishers], end, |message| {
+        let Message::Text(text) = message else { return Step::Skip };
         if text.as_str() == "2" {
-            socket.send(Message::Text("3".into())).await?;
-            continue;
+            return Step::Answer(Message::Text("3".into()));
         }
-        let Some(Ok(Event(_, payload))) = text.strip_prefix("42").map(serde_json::from_str::<Event>) else {
-            continue;
-        };
-        if let Some(position) = keys.get(payload.w).and_then(|key| last.get_mut(key)) {
-            deliveries.record(position, payload.n, payload.t, lean::now_micros());
+        match text.strip_prefix("42").map(serde_json::from_str::<Event>) {
+            Some(Ok(Event(_, payload))) => {
+                Step::Record { key: payload.w, position: payload.n, sent: payload.t }
+            }
+            _ => Step::Skip,
         }
-    }
-    if let Some(expected) = &expected {
-        for (w, n) in &last {
-            deliveries.missing += expected.get(w).map_or(0, |until| until.saturating_sub(*n));
-        }
-    }
-    Ok(deliveries)
+    })
+    .await
 }
 
 /// The JSON an ack carries, if any.

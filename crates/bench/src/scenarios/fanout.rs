@@ -211,16 +211,9 @@ async fn publish(settings: Fanout, index: usize, token: String) -> anyhow::Resul
             Ok(last_offset)
         })
     };
-    let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
-    let interval = (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
-    let mut next = tokio::time::Instant::now();
+    let mut pace = Pace::new(&settings);
     let mut count = 0u64;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(interval) = interval {
-            tokio::time::sleep_until(next).await;
-            next += interval;
-        }
+    while pace.tick().await {
         let Ok(permit) = window.acquire().await else {
             // The reply reader ended early: its error (a refused publish) is the reason.
             replies.await??;
@@ -268,16 +261,9 @@ async fn publish_socketio(settings: Fanout, index: usize, token: String) -> anyh
             anyhow::Ok(())
         })
     };
-    let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
-    let interval = (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
-    let mut next = tokio::time::Instant::now();
+    let mut pace = Pace::new(&settings);
     let mut count = 0u64;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(interval) = interval {
-            tokio::time::sleep_until(next).await;
-            next += interval;
-        }
+    while pace.tick().await {
         while pings.try_recv().is_ok() {
             sink.send(Message::Text("3".into())).await?;
         }
@@ -301,16 +287,9 @@ async fn publish_socketio(settings: Fanout, index: usize, token: String) -> anyh
 /// Publishes through the HTTP API, one request at a time; returns how many, the last
 /// offset and each reply's latency in microseconds.
 async fn publish_http(settings: &Fanout, api: &str) -> anyhow::Result<(u64, u64, Vec<u64>)> {
-    let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
-    let interval = (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(settings.duration);
-    let mut next = tokio::time::Instant::now();
+    let mut pace = Pace::new(settings);
     let (mut count, mut last_offset, mut latencies) = (0, 0, Vec::new());
-    while tokio::time::Instant::now() < deadline {
-        if let Some(interval) = interval {
-            tokio::time::sleep_until(next).await;
-            next += interval;
-        }
+    while pace.tick().await {
         let body = json!({"channel": settings.channel, "data": lean::payload(settings.payload)}).to_string();
         let sent = std::time::Instant::now();
         let response = lean::post(api, "/api/v1/publish", &settings.api_key, &body).await?;
@@ -320,6 +299,37 @@ async fn publish_http(settings: &Fanout, api: &str) -> anyhow::Result<(u64, u64,
         count += 1;
     }
     Ok((count, last_offset, latencies))
+}
+
+/// A publisher's pace: its share of `--rate` (or as fast as it can) for `--duration`.
+struct Pace {
+    interval: Option<Duration>,
+    deadline: tokio::time::Instant,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(settings: &Fanout) -> Pace {
+        let per_publisher = settings.rate as f64 / settings.publishers.max(1) as f64;
+        let now = tokio::time::Instant::now();
+        Pace {
+            interval: (per_publisher > 0.0).then(|| Duration::from_secs_f64(1.0 / per_publisher)),
+            deadline: now + Duration::from_secs_f64(settings.duration),
+            next: now,
+        }
+    }
+
+    /// Waits for the next publication's turn; `false` once the duration is over.
+    async fn tick(&mut self) -> bool {
+        if tokio::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        if let Some(interval) = self.interval {
+            tokio::time::sleep_until(self.next).await;
+            self.next += interval;
+        }
+        true
+    }
 }
 
 /// Closes the publish window when the reply reader ends, so the publisher stops instead
