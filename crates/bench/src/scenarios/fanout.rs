@@ -242,7 +242,8 @@ async fn publish_socketio(settings: Fanout, index: usize, token: String) -> anyh
     let (mut sink, mut stream) = socket.split();
     let window_size = settings.window.max(1);
     let window = Arc::new(Semaphore::new(window_size));
-    let (pongs, mut pings) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Pings owed by the writer (one answer per ping; a few at most between two publishes).
+    let (pongs, mut pings) = tokio::sync::mpsc::channel::<()>(16);
     let acks = {
         let window = window.clone();
         tokio::spawn(async move {
@@ -250,7 +251,7 @@ async fn publish_socketio(settings: Fanout, index: usize, token: String) -> anyh
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Text(text) = message else { continue };
                 if text.as_str() == "2" {
-                    let _ = pongs.send(());
+                    let _ = pongs.try_send(());
                 } else if socketio::ack_id(&text).is_some() {
                     if let Some(error) = socketio::ack_value(&text).and_then(|v| v.get("error").cloned()) {
                         anyhow::bail!("publish refused: {error}");

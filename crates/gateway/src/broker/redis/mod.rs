@@ -13,6 +13,7 @@ mod connection;
 mod lifecycle;
 mod registry;
 mod rpc;
+mod socketio;
 mod subscriber;
 pub mod wire;
 
@@ -747,19 +748,7 @@ impl Broker for RedisBroker {
     }
 
     async fn nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
-        self.shared.connected()?;
-        let nodes: std::collections::HashMap<String, String> =
-            self.shared.client.hgetall(keys::NODES).await?;
-        let mut nodes: Vec<serde_json::Value> = nodes
-            .into_iter()
-            .map(|(id, stats)| {
-                let mut stats: serde_json::Value = serde_json::from_str(&stats).unwrap_or_default();
-                stats["node"] = serde_json::Value::String(id);
-                stats
-            })
-            .collect();
-        nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
-        Ok(nodes)
+        registry::nodes(&self.shared).await
     }
 
     fn advertise(&self, address: String) {
@@ -774,32 +763,19 @@ impl Broker for RedisBroker {
         record: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        self.shared.connected()?;
-        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let _: () = self
-            .shared
-            .client
-            .set(keys::socketio_session(pid), record, Some(Expiration::PX(ttl)), None, false)
-            .await?;
-        Ok(())
+        socketio::store(&self.shared, pid, record, ttl).await
     }
 
     async fn load_socketio_session(&self, pid: &str) -> Result<Option<String>, BrokerError> {
-        self.shared.connected()?;
-        Ok(self.shared.client.get(keys::socketio_session(pid)).await?)
+        socketio::load(&self.shared, pid).await
     }
 
     async fn delete_socketio_session(&self, pid: &str) -> Result<(), BrokerError> {
-        self.shared.connected()?;
-        let _: i64 = self.shared.client.del(keys::socketio_session(pid)).await?;
-        Ok(())
+        socketio::delete(&self.shared, pid).await
     }
 
     async fn node_address(&self, node: &str) -> Result<Option<String>, BrokerError> {
-        self.shared.connected()?;
-        let stats: Option<String> = self.shared.client.hget(keys::NODES, node).await?;
-        let stats: Option<serde_json::Value> = stats.and_then(|stats| serde_json::from_str(&stats).ok());
-        Ok(stats.and_then(|stats| stats["address"].as_str().map(str::to_string)))
+        registry::node_address(&self.shared, node).await
     }
 
     fn is_ready(&self) -> bool {

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use fred::prelude::*;
 
 use super::RedisShared;
+use crate::broker::BrokerError;
 use switchboard_protocol::redis as keys;
 
 /// Starts the heartbeat task.
@@ -68,4 +69,28 @@ async fn heartbeat(shared: &RedisShared, interval: Duration) -> Result<(), Error
         shared.metrics.cluster_node_connections.with_label_values(&[&node]).set(connections);
     }
     Ok(())
+}
+
+/// The cluster's nodes with their stats, as the registry has them, sorted by id.
+pub(super) async fn nodes(shared: &RedisShared) -> Result<Vec<serde_json::Value>, BrokerError> {
+    shared.connected()?;
+    let nodes: std::collections::HashMap<String, String> = shared.client.hgetall(keys::NODES).await?;
+    let mut nodes: Vec<serde_json::Value> = nodes
+        .into_iter()
+        .map(|(id, stats)| {
+            let mut stats: serde_json::Value = serde_json::from_str(&stats).unwrap_or_default();
+            stats["node"] = serde_json::Value::String(id);
+            stats
+        })
+        .collect();
+    nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    Ok(nodes)
+}
+
+/// The HTTP address `node` advertised with its heartbeat, if it is registered.
+pub(super) async fn node_address(shared: &RedisShared, node: &str) -> Result<Option<String>, BrokerError> {
+    shared.connected()?;
+    let stats: Option<String> = shared.client.hget(keys::NODES, node).await?;
+    let stats: Option<serde_json::Value> = stats.and_then(|stats| serde_json::from_str(&stats).ok());
+    Ok(stats.and_then(|stats| stats["address"].as_str().map(str::to_string)))
 }
