@@ -142,8 +142,12 @@ describe('credit-vault: two owners, two gateway nodes behind HAProxy', { timeout
       const shown = await screen(page);
       assert.equal(shown.vault, vault, `${who}: their vault`);
       assert.equal(shown.collateral, truth.vaults[who].collateral, `${who}: collateral`);
-      const expected = (await app(page, () => window.app.vault)).health;
-      assert.equal(shown.health, expected, `${who}: health shown is the newest vault_update's`);
+      // The screen and the state are read one after the other, and a vault_update may land
+      // in between: the screen must catch up with the newest one.
+      await until(async () => {
+        const [onScreen, inState] = [(await screen(page)).health, (await app(page, () => window.app.vault)).health];
+        return onScreen === inState;
+      }, `${who}: health shown is the newest vault_update's`, 10_000, 50);
       assert.ok(Math.abs(shown.health - truth.vaults[who].health) < 0.1, `${who}: health ${shown.health} ≈ backend ${truth.vaults[who].health}`);
       assert.deepEqual(shown.tickers.map((t) => t.chain), CHAINS, `${who}: one ticker per chain`);
       assert.equal(shown.system, 'operational');
