@@ -159,6 +159,23 @@ def validate_helm():
                   env.get("SWITCHBOARD_BROKER__USERNAME", {}).get("value") == "gateway"
                   and env.get("SWITCHBOARD_BROKER__TLS_SERVER_NAME", {}).get("value") == "redis-master.redis.svc.cluster.local",
                   env.keys())
+    # Sentinel: the URL is accepted, the sentinels' port and the data servers' are allowed
+    # out, and ack_replicas reaches the gateway's configuration.
+    sentinel = {
+        "redis": {"url": "redis-sentinel://sentinel-0:26379/0?sentinelServiceName=sb&node=sentinel-1:26379"},
+        "config": {"broker": {"ack_replicas": 1}},
+        "networkPolicy": {"enabled": True},
+    }
+    manifests = helm.Chart.load(str(chart_dir)).render(sentinel, name="sb", namespace="realtime", is_install=True)
+    documents = [d for path, text in manifests.items() if not path.endswith(".txt")
+                 for d in yaml.safe_load_all(text) if d]
+    policy = next((d for d in documents if d["kind"] == "NetworkPolicy"), {"spec": {"egress": []}})
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["switchboard.toml"]
+    check("helm: a redis-sentinel:// URL allows the sentinels' and the data servers' ports out",
+          {26379, 6379} <= ports, ports)
+    check("helm: config.broker.ack_replicas reaches switchboard.toml",
+          re.search(r"^ack_replicas = 1$", config, re.M) is not None, config)
 
 
 def validate_example_overlays():

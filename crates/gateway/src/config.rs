@@ -128,7 +128,10 @@ impl Default for NodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `memory://` for the embedded single-node broker, or `redis://[user:password@]host:port[/db]`
-    /// (`rediss://` for TLS) of a Redis >= 7 shared by a cluster of nodes. Default `memory://`.
+    /// (`rediss://` for TLS) of a Redis >= 7 shared by a cluster of nodes, or
+    /// `redis-sentinel://[user:password@]sentinel:port[/db]?sentinelServiceName=<name>&node=<sentinel:port>…`
+    /// (`rediss-sentinel://` for TLS) to find the primary through Redis Sentinel. Default
+    /// `memory://`.
     pub url: String,
     /// Redis ACL user, overriding the URL's. Default: the URL's (or `default`).
     pub username: Option<String>,
@@ -173,12 +176,27 @@ pub struct BrokerConfig {
     /// lasting state behind; a subscriber that reconnects after this, with nothing
     /// published meanwhile, is told `recovered: false`. Default 600.
     pub unpublished_stream_ttl_secs: u64,
+    /// Redis with replicas: a publication is acknowledged, delivered and shown to readers
+    /// only once this many replicas hold it (`WAIT`), so that a failover to a replica
+    /// never loses or reassigns a delivered offset. 0 turns it off. Default 0.
+    pub ack_replicas: u32,
+    /// How long a publish waits for `ack_replicas` replicas before it fails with 115
+    /// `unavailable` (retry with the same idempotency key), in milliseconds. Must be
+    /// below `command_timeout_ms`. Default 1000.
+    pub ack_replicas_timeout_ms: u64,
 }
 
 impl BrokerConfig {
-    /// Whether the broker is Redis (`redis://` or `rediss://`).
+    /// Whether the broker is Redis (`redis://`, `rediss://`, or either through Sentinel).
     pub fn is_redis(&self) -> bool {
-        self.url.starts_with("redis://") || self.url.starts_with("rediss://")
+        ["redis://", "rediss://", "redis-sentinel://", "rediss-sentinel://"]
+            .iter()
+            .any(|scheme| self.url.starts_with(scheme))
+    }
+
+    /// Whether the URL connects with TLS (`rediss://` or `rediss-sentinel://`).
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("rediss://") || self.url.starts_with("rediss-sentinel://")
     }
 }
 
@@ -201,6 +219,8 @@ impl Default for BrokerConfig {
             node_heartbeat_ms: 2_000,
             idempotency_ttl_secs: 300,
             unpublished_stream_ttl_secs: 600,
+            ack_replicas: 0,
+            ack_replicas_timeout_ms: 1_000,
         }
     }
 }
@@ -585,6 +605,19 @@ impl Config {
         }
         if self.heartbeat.ping_interval_ms == 0 {
             return Err(ConfigError::Invalid("heartbeat.ping_interval_ms must be positive".into()));
+        }
+        if self.broker.ack_replicas > 0 {
+            if !self.broker.is_redis() {
+                return Err(ConfigError::Invalid("broker.ack_replicas needs a Redis broker".into()));
+            }
+            if self.broker.ack_replicas_timeout_ms == 0
+                || self.broker.ack_replicas_timeout_ms >= self.broker.command_timeout_ms
+            {
+                return Err(ConfigError::Invalid(
+                    "broker.ack_replicas_timeout_ms must be positive and below broker.command_timeout_ms"
+                        .into(),
+                ));
+            }
         }
         self.rpc.validate(self.broker.is_redis())?;
         self.lifecycle.validate(self.broker.is_redis())?;

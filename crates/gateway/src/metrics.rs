@@ -81,6 +81,9 @@ pub struct Metrics {
     pub broker_invalid_messages: IntCounter,
     /// Gap-fill or catch-up reads of a stream that failed and were retried.
     pub broker_stream_read_retries: IntCounter,
+    /// Replicated publishing: publications that fewer than `broker.ack_replicas` replicas
+    /// acknowledged in time (the publish failed with 115; the publication stays held).
+    pub broker_replica_wait_failures: IntCounter,
     /// Channels whose live messages overflowed the hold buffer during a stream read (the
     /// held messages were dropped and the channel caught up from the stream instead).
     pub broker_hold_overflows: IntCounter,
@@ -235,6 +238,10 @@ impl Metrics {
             broker_stream_read_retries: counter(
                 "broker_stream_read_retries_total",
                 "Gap-fill or catch-up stream reads that failed and were retried",
+            ),
+            broker_replica_wait_failures: counter(
+                "broker_replica_wait_failures_total",
+                "Publications not acknowledged by broker.ack_replicas replicas in time",
             ),
             broker_hold_overflows: counter(
                 "broker_hold_overflows_total",

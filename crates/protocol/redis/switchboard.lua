@@ -68,7 +68,7 @@ end
 
 -- FCALL sb_publish 2|3 <stream key> <meta key> [<idempotency key>]
 --       <live channel> <body JSON> <history size> <history ttl ms> <meta ttl ms>
---       [<idempotency ttl ms>] [checked]
+--       [<idempotency ttl ms>] [checked|hold|checked+hold]
 -- Assigns the next offset, appends to the stream (trimmed to <history size>), keeps the
 -- keys alive and publishes {"o":offset,"e":epoch,"t":ts,"b":body} on <live channel>, all
 -- in one atomic step. Returns {offset, epoch, duplicate(0|1)}. With an idempotency key
@@ -82,6 +82,37 @@ end
 -- the meta field `x` holds when the stream expires, and only when less than one history
 -- TTL is left are both keys extended to 1.5 TTLs (so they always outlive the newest
 -- entry by at least one TTL; readers hide entries older than the TTL anyway).
+--
+-- `hold` (replicated publishing, broker.ack_replicas > 0): the publication is stored but
+-- neither published live nor shown to readers yet. The reply carries the live envelope
+-- as a 4th item; the caller sends WAIT <replicas> <timeout> on the same connection and,
+-- once enough replicas have it, sb_commit, which makes it visible and publishes it.
+-- Readers see offsets up to the meta field `c` (committed), so nothing a failover to a
+-- replica could roll back is ever delivered. An idempotent repeat of a held publication
+-- that is not committed yet returns its envelope again (rebuilt from the stream), so a
+-- retry after a failed WAIT commits it. A publish without `hold` removes `c`: mixing the
+-- two on one channel gives up the guarantee, not delivery.
+local function envelope_of(offset, epoch, ts, body)
+  return '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ts .. ',"b":' .. body .. '}'
+end
+
+local function held_envelope(stream, meta, offset, epoch)
+  local state = redis.call('HMGET', meta, 'epoch', 'c')
+  local committed = tonumber(state[2])
+  if state[1] ~= epoch or not committed or committed >= offset then
+    return nil
+  end
+  local found = redis.call('XRANGE', stream, offset .. '-0', offset .. '-0')
+  if #found == 0 then
+    return nil
+  end
+  local fields, ts, body = found[1][2], nil, nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then ts = fields[i + 1] elseif fields[i] == 'b' then body = fields[i + 1] end
+  end
+  return envelope_of(offset, epoch, ts, body)
+end
+
 local function publish(keys, args)
   local stream, meta, idem = keys[1], keys[2], keys[3]
   local live, body = args[1], args[2]
@@ -90,19 +121,26 @@ local function publish(keys, args)
   if not live or not body or not size or not ttl or not meta_ttl or not idem_ttl then
     return redis.error_reply('ERR sb_publish: expected <live channel> <body> <history size: integer >= 0> <history ttl ms: integer >= 1> <meta ttl ms: integer >= 1> [<idempotency ttl ms: integer >= 1>] [checked]')
   end
+  local flags = args[7] or ''
+  local hold = flags == 'hold' or flags == 'checked+hold'
   if idem then
     local seen = redis.call('GET', idem)
     if seen then
       local sep = string.find(seen, ':', 1, true)
-      return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+      local offset, epoch = tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1)
+      local envelope = hold and held_envelope(stream, meta, offset, epoch)
+      if envelope then
+        return {offset, epoch, 1, envelope}
+      end
+      return {offset, epoch, 1}
     end
   end
-  if args[7] ~= 'checked' and not check_body(body) then
+  if flags ~= 'checked' and flags ~= 'checked+hold' and not check_body(body) then
     return redis.error_reply('ERR sb_publish: body must be a JSON object nested at most ' .. MAX_BODY_DEPTH .. ' levels, with a "data" field and an optional string "event"')
   end
   local keep = math.max(meta_ttl, ttl)
-  local state = redis.call('HMGET', meta, 'epoch', 'x')
-  local epoch, expires = state[1], tonumber(state[2]) or 0
+  local state = redis.call('HMGET', meta, 'epoch', 'x', 'c')
+  local epoch, expires, committed = state[1], tonumber(state[2]) or 0, state[3]
   if not epoch then
     -- A new stream (or its metadata expired): any orphaned entries belong to the old
     -- epoch, whose offsets would clash.
@@ -110,8 +148,14 @@ local function publish(keys, args)
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
     expires = 0
+    committed = nil
   end
   local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  if hold and not committed then
+    redis.call('HSET', meta, 'c', offset - 1)
+  elseif committed and not hold then
+    redis.call('HDEL', meta, 'c')
+  end
   local ts = now_ms()
   if size > 0 then
     redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 't', ts, 'b', body)
@@ -124,11 +168,38 @@ local function publish(keys, args)
     redis.call('PEXPIRE', meta, math.floor(keep * 1.5))
     redis.call('HSET', meta, 'x', ts + stream_life)
   end
-  redis.call('PUBLISH', live, '{"o":' .. offset .. ',"e":"' .. epoch .. '","t":' .. ts .. ',"b":' .. body .. '}')
+  local envelope = envelope_of(offset, epoch, ts, body)
   if idem then
     redis.call('SET', idem, offset .. ':' .. epoch, 'PX', idem_ttl)
   end
+  if hold then
+    return {offset, epoch, 0, envelope}
+  end
+  redis.call('PUBLISH', live, envelope)
   return {offset, epoch, 0}
+end
+
+-- FCALL sb_commit 2 <stream key> <meta key> <live channel> <epoch> <offset> <envelope>
+-- The second half of a held publication (see sb_publish): once WAIT confirmed that
+-- enough replicas hold it, moves the committed offset `c` up to <offset> (never down)
+-- and publishes <envelope> on <live channel>. Returns 1, or 0 when the channel's epoch
+-- is no longer <epoch> (its metadata expired or was lost meanwhile: nothing is
+-- published, the publication belonged to the old epoch).
+local function commit(keys, args)
+  local meta, live, epoch, offset, envelope = keys[2], args[1], args[2], whole(args[3], 1), args[4]
+  if not live or not epoch or not offset or not envelope then
+    return redis.error_reply('ERR sb_commit: expected <live channel> <epoch> <offset: integer >= 1> <envelope>')
+  end
+  local state = redis.call('HMGET', meta, 'epoch', 'c')
+  if state[1] ~= epoch then
+    return 0
+  end
+  local committed = tonumber(state[2])
+  if committed and committed < offset then
+    redis.call('HSET', meta, 'c', offset)
+  end
+  redis.call('PUBLISH', live, envelope)
+  return 1
 end
 
 -- Reads a channel's stream for sb_history and sb_join: returns epoch, top, truncated
@@ -136,7 +207,18 @@ end
 -- {offset1, ts1, body1, ...}, oldest first. See sb_history for the meaning of the rest.
 local function read_stream(stream, meta, mode, after, limit, ttl, meta_ttl, unpublished_ttl, max_bytes)
   local epoch = ensure_epoch(stream, meta, unpublished_ttl)
-  local top = tonumber(redis.call('HGET', meta, 'offset'))
+  local state = redis.call('HMGET', meta, 'offset', 'c')
+  local top, committed = tonumber(state[1]), tonumber(state[2])
+  if committed then
+    -- Held publications above `c` are not visible yet (see sb_publish). A reader that
+    -- already holds a higher offset got it from a commit that a failover's promoted
+    -- replica did not receive: the entries up to it were replicated, so they count.
+    local held = top
+    top = committed
+    if mode == 'after' and after > top and after <= held then
+      top = after
+    end
+  end
   if top > 0 then
     -- Readers (subscribers) keep a published stream's metadata alive too, so an active
     -- channel keeps its epoch between publications.
@@ -145,9 +227,9 @@ local function read_stream(stream, meta, mode, after, limit, ttl, meta_ttl, unpu
   local entries = {}
   if limit > 0 then
     if mode == 'after' then
-      entries = redis.call('XRANGE', stream, '(' .. after .. '-0', '+', 'COUNT', limit)
+      entries = redis.call('XRANGE', stream, '(' .. after .. '-0', top .. '-0', 'COUNT', limit)
     else
-      local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
+      local newest = redis.call('XREVRANGE', stream, top .. '-0', '-', 'COUNT', limit)
       for i = #newest, 1, -1 do
         entries[#entries + 1] = newest[i]
       end
@@ -521,6 +603,7 @@ local function version()
 end
 
 redis.register_function('sb_publish', publish)
+redis.register_function('sb_commit', commit)
 redis.register_function('sb_history', history)
 redis.register_function('sb_join', join)
 redis.register_function('sb_leave', leave)

@@ -1,9 +1,16 @@
 //! Where the publisher's Redis is and how to reach it: the URL (`redis://`, or
-//! `rediss://` for TLS, with `user:password@` for an ACL user) and, for TLS with a
-//! private CA or a client certificate, the PEM files. Shared by [`crate::Publisher`],
-//! the RPC [`crate::worker::Worker`] and the [`crate::lifecycle::LifecycleConsumer`].
+//! `rediss://` for TLS, with `user:password@` for an ACL user; or the sentinels that name
+//! the primary, `redis-sentinel://`, in the gateways' format) and, for TLS with a private
+//! CA or a client certificate, the PEM files. Shared by [`crate::Publisher`], the RPC
+//! [`crate::worker::Worker`] and the [`crate::lifecycle::LifecycleConsumer`].
 
-use redis::{ClientTlsConfig, RedisError, TlsCertificates};
+use redis::{
+    aio::ConnectionManagerConfig,
+    sentinel::{SentinelClientBuilder, SentinelServerType},
+    ClientTlsConfig, ConnectionAddr, RedisError, TlsCertificates,
+};
+
+use crate::link::{Link, Source};
 // The redis crate's TLS uses rustls's process default provider: the `ring` feature of
 // this dependency is what makes one available (no other provider is compiled in).
 use rustls as _;
@@ -18,7 +25,10 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS with the
-    /// system's trust store.
+    /// system's trust store; or, through Sentinel,
+    /// `redis-sentinel://[user:password@]sentinel:port[/db]?sentinelServiceName=<name>&node=<sentinel:port>…`
+    /// (`rediss-sentinel://` for TLS; `sentinelUsername` and `sentinelPassword` for
+    /// sentinels that require them), the format of the gateways' `broker.url`.
     pub fn new(url: impl Into<String>) -> RedisOptions {
         RedisOptions { url: url.into(), ..RedisOptions::default() }
     }
@@ -38,13 +48,29 @@ impl RedisOptions {
         self
     }
 
-    /// The `redis` crate's client for these options.
+    /// A connection (to the primary, through Sentinel) with `config`.
     ///
     /// # Errors
-    /// A malformed URL, or a PEM file that cannot be read.
-    pub(crate) fn client(&self) -> Result<redis::Client, RedisError> {
+    /// A malformed URL, a PEM file that cannot be read, or no connection.
+    pub(crate) async fn link(&self, config: ConnectionManagerConfig) -> Result<Link, RedisError> {
+        let source = match self.url.split_once("://") {
+            Some(("redis-sentinel" | "rediss-sentinel", _)) => Source::Sentinel(self.sentinel()?),
+            _ => Source::Direct(self.client()?),
+        };
+        Link::connect(source, config).await
+    }
+
+    /// The `redis` crate's client for one server.
+    fn client(&self) -> Result<redis::Client, RedisError> {
+        match self.certificates()? {
+            None => redis::Client::open(self.url.as_str()),
+            Some(certificates) => redis::Client::build_with_tls(self.url.as_str(), certificates),
+        }
+    }
+
+    fn certificates(&self) -> Result<Option<TlsCertificates>, RedisError> {
         if self.ca_file.is_none() && self.client_cert.is_none() {
-            return redis::Client::open(self.url.as_str());
+            return Ok(None);
         }
         let read = |path: &str| {
             std::fs::read(path).map_err(|error| {
@@ -56,7 +82,67 @@ impl RedisOptions {
             Some((cert, key)) => Some(ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
             None => None,
         };
-        redis::Client::build_with_tls(self.url.as_str(), TlsCertificates { client_tls, root_cert })
+        Ok(Some(TlsCertificates { client_tls, root_cert }))
+    }
+
+    /// A Sentinel client for a `redis-sentinel://` or `rediss-sentinel://` URL.
+    fn sentinel(&self) -> Result<redis::sentinel::SentinelClient, RedisError> {
+        let invalid =
+            |why: String| RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad sentinel URL", why));
+        let url = url::Url::parse(&self.url).map_err(|error| invalid(error.to_string()))?;
+        let tls = url.scheme() == "rediss-sentinel";
+        let address = |host: String, port: u16| match tls {
+            true => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+            false => ConnectionAddr::Tcp(host, port),
+        };
+        let host = url.host_str().ok_or_else(|| invalid("no sentinel host".into()))?;
+        let mut sentinels = vec![address(host.to_string(), url.port().unwrap_or(26379))];
+        let (mut service, mut sentinel_user, mut sentinel_password) = (None, None, None);
+        for (name, value) in url.query_pairs() {
+            match name.as_ref() {
+                "sentinelServiceName" => service = Some(value.to_string()),
+                "sentinelUsername" => sentinel_user = Some(value.to_string()),
+                "sentinelPassword" => sentinel_password = Some(value.to_string()),
+                "node" => {
+                    let (host, port) = value.rsplit_once(':').unwrap_or((&value, "26379"));
+                    let port = port.parse().map_err(|_| invalid(format!("bad node `{value}`")))?;
+                    sentinels.push(address(host.to_string(), port));
+                }
+                other => return Err(invalid(format!("unknown parameter `{other}`"))),
+            }
+        }
+        let service = service.ok_or_else(|| invalid("sentinelServiceName is required".into()))?;
+        let mut builder = SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)?;
+        let decode = |text: &str| {
+            url::form_urlencoded::parse(format!("v={text}").as_bytes()).next().map(|(_, v)| v.to_string())
+        };
+        if !url.username().is_empty() {
+            builder = builder.set_client_to_redis_username(decode(url.username()).unwrap_or_default());
+        }
+        if let Some(password) = url.password().and_then(decode) {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(db) = url.path().trim_start_matches('/').split('/').next().filter(|db| !db.is_empty()) {
+            builder =
+                builder.set_client_to_redis_db(db.parse().map_err(|_| invalid(format!("bad db `{db}`")))?);
+        }
+        if let Some(user) = sentinel_user {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            if let Some(certificates) = self.certificates()? {
+                builder = builder
+                    .set_client_to_redis_certificates(certificates.clone())
+                    .set_client_to_sentinel_certificates(certificates);
+            }
+        }
+        builder.build()
     }
 }
 

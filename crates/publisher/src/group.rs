@@ -8,12 +8,9 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    RedisError, Value,
-};
+use redis::{aio::ConnectionManagerConfig, RedisError, Value};
 
-use crate::RedisOptions;
+use crate::{link::Link, RedisOptions};
 
 /// One stream entry: its id and fields (non-text fields are left out).
 pub(crate) struct RawEntry {
@@ -24,9 +21,9 @@ pub(crate) struct RawEntry {
 /// A consumer of one stream in one group.
 pub(crate) struct GroupReader {
     /// For `XREADGROUP ... BLOCK`, which holds its connection while it waits.
-    reads: ConnectionManager,
+    reads: Link,
     /// For everything else: claims, acknowledgements, answers.
-    pub(crate) commands: ConnectionManager,
+    pub(crate) commands: Link,
     pub(crate) stream: String,
     pub(crate) group: String,
     pub(crate) consumer: String,
@@ -43,12 +40,11 @@ impl GroupReader {
         group: &str,
         consumer: String,
     ) -> Result<GroupReader, RedisError> {
-        let client = options.client()?;
         let block = Duration::from_secs(1);
         let reads_config =
             ConnectionManagerConfig::new().set_response_timeout(Some(block + Duration::from_secs(5)));
-        let reads = client.get_connection_manager_with_config(reads_config).await?;
-        let commands = client.get_connection_manager().await?;
+        let reads = options.link(reads_config).await?;
+        let commands = options.link(ConnectionManagerConfig::new()).await?;
         Ok(GroupReader {
             reads,
             commands,

@@ -16,12 +16,14 @@
 mod connection;
 mod group;
 pub mod lifecycle;
+mod link;
+mod replicated;
 pub use connection::RedisOptions;
 pub mod worker;
 
 use std::{collections::HashMap, sync::Arc};
 
-use redis::{aio::ConnectionManager, RedisError};
+use redis::{aio::ConnectionManagerConfig, RedisError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_protocol::{channel, payload, redis as keys};
@@ -59,12 +61,22 @@ pub enum PublishError {
     /// Redis answered with an error (e.g. the body broke the contract).
     #[error("Redis refused the publish: {0}")]
     Refused(#[source] RedisError),
+    /// Replicated publishing (the gateways' `broker.ack_replicas`): too few replicas
+    /// acknowledged the publication in time. It is held, not delivered; retrying with the
+    /// same idempotency key commits it.
+    #[error("the publication reached {acknowledged} of {wanted} replicas in time (retry with the same idempotency key)")]
+    NotReplicated {
+        /// Replicas that acknowledged.
+        acknowledged: i64,
+        /// Replicas required.
+        wanted: u32,
+    },
 }
 
 impl PublishError {
     /// Whether retrying (with the same idempotency key) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PublishError::Connection(_))
+        matches!(self, PublishError::Connection(_) | PublishError::NotReplicated { .. })
     }
 }
 
@@ -91,6 +103,13 @@ pub struct Retention {
     pub history_ttl_ms: u64,
     /// How long the stream's epoch and offset outlive its last publication, in milliseconds.
     pub meta_ttl_ms: u64,
+    /// Replicas that must hold a publication before it is delivered (the gateways'
+    /// `broker.ack_replicas`; 0: publish at once). Absent in older declarations.
+    #[serde(default)]
+    pub ack_replicas: u32,
+    /// How long to wait for them, in milliseconds.
+    #[serde(default)]
+    pub ack_timeout_ms: u64,
 }
 
 /// Options of one publish.
@@ -173,7 +192,7 @@ pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 300_000;
 /// A cheap, cloneable publisher over one multiplexed, auto-reconnecting Redis connection.
 #[derive(Clone)]
 pub struct Publisher {
-    connection: ConnectionManager,
+    connection: link::Link,
     retention: Arc<RwLock<HashMap<String, Retention>>>,
     idempotency_ttl_ms: u64,
     max_nesting_depth: usize,
@@ -195,8 +214,7 @@ impl Publisher {
     /// # Errors
     /// As [`Publisher::connect`]; also a TLS file that cannot be read.
     pub async fn connect_with(options: &RedisOptions) -> Result<Publisher, PublishError> {
-        let client = options.client()?;
-        let connection = client.get_connection_manager().await?;
+        let connection = options.link(ConnectionManagerConfig::new()).await?;
         let publisher = Publisher {
             connection,
             retention: Arc::new(RwLock::new(HashMap::new())),
@@ -281,10 +299,9 @@ impl Publisher {
         data: &T,
         options: &PublishOptions,
     ) -> Result<Published, PublishError> {
-        let command = self.command(channel_name, &serde_json::value::to_raw_value(data)?, options).await?;
-        let mut connection = self.connection.clone();
-        let reply: redis::Value = command.query_async(&mut connection).await?;
-        parse_reply(channel_name, options, reply)
+        let prepared = self.command(channel_name, &serde_json::value::to_raw_value(data)?, options).await?;
+        let mut results = self.execute(vec![(channel_name, options, Ok(prepared))]).await?;
+        results.pop().unwrap_or_else(|| unreachable!("one result per item"))
     }
 
     /// Publishes to the personal channel `user:<id>`: every device of the user receives
@@ -392,39 +409,101 @@ impl Publisher {
         &self,
         items: Vec<Outgoing>,
     ) -> Result<Vec<Result<Published, PublishError>>, PublishError> {
-        let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::with_capacity(items.len());
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut sent = Vec::new();
-        for (index, item) in items.iter().enumerate() {
+        let mut prepared = Vec::with_capacity(items.len());
+        for item in &items {
             let command = match serde_json::value::to_raw_value(&item.data) {
                 Ok(data) => self.command(&item.channel, &data, &item.options).await,
                 Err(error) => Err(error.into()),
             };
-            match command {
-                Ok(command) => {
-                    pipe.add_command(command);
+            prepared.push((item.channel.as_str(), &item.options, command));
+        }
+        self.execute(prepared).await
+    }
+
+    /// Sends prepared publishes in one pipeline (plus one `WAIT` when some are held, and
+    /// a second pipeline committing those, [`replicated`]); results in input order.
+    async fn execute(
+        &self,
+        items: Vec<(&str, &PublishOptions, Result<Prepared, PublishError>)>,
+    ) -> Result<Vec<Result<Published, PublishError>>, PublishError> {
+        let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::with_capacity(items.len());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::new();
+        for (index, (_, _, prepared)) in items.iter().enumerate() {
+            match prepared {
+                Ok(prepared) => {
+                    pipe.add_command(prepared.command.clone());
                     sent.push(index);
                     results.push(None);
                 }
-                Err(error) => results.push(Some(Err(error))),
+                Err(_) => results.push(None),
             }
+        }
+        let holds = items.iter().filter_map(|(_, _, p)| p.as_ref().ok().and_then(|p| p.hold.as_ref()));
+        let wait = replicated::wait_command(holds);
+        if let Some((command, _)) = &wait {
+            pipe.add_command(command.clone());
         }
         if !sent.is_empty() {
             let mut connection = self.connection.clone();
-            let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(&mut connection).await?;
+            let mut replies: Vec<redis::RedisResult<redis::Value>> =
+                pipe.query_async(&mut connection).await?;
+            let acknowledged = match wait {
+                Some(_) => {
+                    replies.pop().and_then(|r| r.ok()).and_then(|v| redis::from_redis_value::<i64>(v).ok())
+                }
+                None => None,
+            };
+            let mut commits = redis::pipe();
+            commits.ignore_errors();
+            let mut committing = Vec::new();
             for (index, reply) in sent.into_iter().zip(replies) {
-                let item = &items[index];
-                results[index] = Some(
-                    reply
-                        .map_err(PublishError::from)
-                        .and_then(|r| parse_reply(&item.channel, &item.options, r)),
-                );
+                let (channel_name, options, prepared) = &items[index];
+                let hold = prepared.as_ref().ok().and_then(|p| p.hold.as_ref());
+                let result = match (reply.map_err(PublishError::from), hold) {
+                    (Err(error), _) => Err(error),
+                    (Ok(reply), None) => parse_reply(channel_name, options, reply),
+                    (Ok(reply), Some(hold)) => match replicated::parse_held(channel_name, reply) {
+                        Ok((published, Some(envelope))) => {
+                            match replicated::commit_command(
+                                hold,
+                                &published,
+                                envelope,
+                                acknowledged.unwrap_or(0),
+                            ) {
+                                Ok(command) => {
+                                    commits.add_command(command);
+                                    committing.push(index);
+                                    Ok(published)
+                                }
+                                Err(error) => Err(error),
+                            }
+                        }
+                        Ok((published, None)) => Ok(published),
+                        Err(error) => Err(error),
+                    },
+                };
+                results[index] = Some(result);
+            }
+            if !committing.is_empty() {
+                let mut connection = self.connection.clone();
+                let replies: Vec<redis::RedisResult<redis::Value>> =
+                    commits.query_async(&mut connection).await?;
+                for (index, reply) in committing.into_iter().zip(replies) {
+                    if let Err(error) = reply {
+                        results[index] = Some(Err(error.into()));
+                    }
+                }
             }
         }
-        Ok(results
+        Ok(items
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| unreachable!("every item has a result")))
+            .zip(results)
+            .map(|((_, _, prepared), result)| match prepared {
+                Err(error) => Err(error),
+                Ok(_) => result.unwrap_or_else(|| unreachable!("every sent item has a result")),
+            })
             .collect())
     }
 
@@ -434,7 +513,7 @@ impl Publisher {
         channel_name: &str,
         data: &RawValue,
         options: &PublishOptions,
-    ) -> Result<redis::Cmd, PublishError> {
+    ) -> Result<Prepared, PublishError> {
         payload::check_depth(data.get(), self.max_nesting_depth)?;
         let retention = self.retention(channel_name).await?;
         let body = keys::Body { event: options.event.as_deref(), data, from: None }.to_json()?;
@@ -443,8 +522,9 @@ impl Publisher {
                 serde_json::json!({"t": unix_millis(), "b": serde_json::from_str::<&RawValue>(&body)?});
             let mut command = redis::cmd("PUBLISH");
             command.arg(keys::live(channel_name)).arg(envelope.to_string());
-            return Ok(command);
+            return Ok(Prepared { command, hold: None });
         }
+        let hold = replicated::Hold::for_channel(channel_name, &retention);
         let mut command = redis::cmd("FCALL");
         command.arg("sb_publish");
         match &options.idempotency_key {
@@ -464,9 +544,15 @@ impl Publisher {
             .arg(self.idempotency_ttl_ms)
             // The body was serialized here and its depth checked: the function need not
             // decode it again (a sixth of its cost).
-            .arg("checked");
-        Ok(command)
+            .arg(if hold.is_some() { "checked+hold" } else { "checked" });
+        Ok(Prepared { command, hold })
     }
+}
+
+/// One publish, ready to send.
+struct Prepared {
+    command: redis::Cmd,
+    hold: Option<replicated::Hold>,
 }
 
 fn parse_reply(

@@ -32,7 +32,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use redis::{aio::ConnectionManager, RedisError};
+use redis::RedisError;
 use serde_json::Value as Json;
 use switchboard_protocol::redis as keys;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -228,7 +228,7 @@ impl Worker {
 
 /// Answers one request through `sb_rpc_reply`.
 async fn reply(
-    commands: &mut ConnectionManager,
+    commands: &mut crate::link::Link,
     stream: &str,
     group: &str,
     entry: &str,

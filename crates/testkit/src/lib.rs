@@ -4,6 +4,8 @@
 //!
 //! Processes are killed when their handle drops, so a failing test leaves nothing behind.
 
+pub mod sentinel;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -65,6 +67,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// With TLS: the TLS port and the server's arguments for it.
     tls: Option<(u16, Vec<String>)>,
+    /// Further arguments (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 /// PEM files of a server certificate for `127.0.0.1`/`localhost` and the CA that signed it.
@@ -153,9 +157,38 @@ impl RedisServer {
     #[allow(clippy::expect_used)]
     pub fn start(persistence: Persistence) -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut server = RedisServer { port: free_port(), dir, persistence, child: None, tls: None };
+        let mut server =
+            RedisServer { port: free_port(), dir, persistence, child: None, tls: None, extra: Vec::new() };
         server.spawn();
         server
+    }
+
+    /// Starts a replica of `primary` (no persistence) and waits until it answers `PING`
+    /// (not until it has synchronized: see [`RedisServer::replicas`]).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[allow(clippy::expect_used)]
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()];
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            persistence: Persistence::None,
+            child: None,
+            tls: None,
+            extra,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The number of replicas that finished their first synchronization with this server
+    /// (`state=online` in `INFO replication`): those that acknowledge `WAIT`.
+    pub fn replicas(&self) -> usize {
+        let info = self.cli(&["INFO", "replication"]);
+        info.lines().filter(|line| line.starts_with("slave") && line.contains("state=online")).count()
     }
 
     /// Starts `redis-server` with a plain port (for `redis-cli` and readiness) and a TLS
@@ -186,6 +219,7 @@ impl RedisServer {
             persistence: Persistence::None,
             child: None,
             tls: Some((tls_port, args)),
+            extra: Vec::new(),
         };
         server.spawn();
         server
@@ -206,9 +240,13 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", appendonly, "--appendfsync", "always"])
+            // Replicas synchronize at once instead of after Redis's default 5 s wait for
+            // more replicas.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(self.tls.iter().flat_map(|(_, args)| args.iter()))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -241,33 +279,9 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Runs `redis-cli` against this server and returns its stdout.
-    ///
-    /// # Panics
-    /// When `redis-cli` is missing, fails, or does not finish within [`STOP`] (a stalled
-    /// server fails the test instead of hanging it).
-    #[allow(clippy::expect_used)]
+    /// Runs `redis-cli` against this server and returns its stdout (see [`redis_cli`]).
     pub fn cli(&self, args: &[&str]) -> String {
-        let child = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("redis-cli is installed");
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel::<std::io::Result<Output>>();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let Ok(output) = rx.recv_timeout(STOP) else {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("redis-cli {args:?} did not finish within {STOP:?}");
-        };
-        let output = output.expect("redis-cli ran");
-        assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        redis_cli(self.port, args)
     }
 
     /// The process id, while running.
@@ -340,6 +354,35 @@ impl Drop for RedisServer {
 
 fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
+}
+
+/// Runs `redis-cli -p <port>` and returns its stdout.
+///
+/// # Panics
+/// When `redis-cli` is missing, fails, or does not finish within [`STOP`] (a stalled
+/// server fails the test instead of hanging it).
+#[allow(clippy::expect_used)]
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let child = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel::<std::io::Result<Output>>();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(output) = rx.recv_timeout(STOP) else {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        panic!("redis-cli {args:?} did not finish within {STOP:?}");
+    };
+    let output = output.expect("redis-cli ran");
+    assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// A gateway node process of the built `switchboard` binary.

@@ -90,8 +90,8 @@ The redis URL, checked. Fails with a clear message when missing or not redis://.
 {{- if not $url }}
 {{- fail "redis.url is required: the Redis (>= 7) endpoint shared by every node, e.g. --set redis.url=redis://redis.default.svc:6379" }}
 {{- end }}
-{{- if not (or (hasPrefix "redis://" $url) (hasPrefix "rediss://" $url)) }}
-{{- fail (printf "redis.url must start with redis:// or rediss:// (no Cluster or Sentinel client yet); got %q" $url) }}
+{{- if not (or (hasPrefix "redis://" $url) (hasPrefix "rediss://" $url) (hasPrefix "redis-sentinel://" $url) (hasPrefix "rediss-sentinel://" $url)) }}
+{{- fail (printf "redis.url must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel:// (no Redis Cluster client yet); got %q" $url) }}
 {{- end }}
 {{- $url }}
 {{- end }}
@@ -103,11 +103,20 @@ Port of redis.url (6379 when the URL names none), or networkPolicy.egress.redisP
 {{- $port := int (.Values.networkPolicy.egress.redisPort | default 0) }}
 {{- if gt $port 0 }}
 {{- $port }}
+{{- else if include "switchboard.isSentinel" . }}
+{{- 6379 }}
 {{- else }}
 {{- $host := (urlParse (include "switchboard.redisUrl" .)).host }}
 {{- $m := regexFind ":[0-9]+$" $host }}
 {{- if $m }}{{ trimPrefix ":" $m }}{{ else }}6379{{ end }}
 {{- end }}
+{{- end }}
+
+{{/*
+"true" when redis.url names sentinels (whose port is not the data servers').
+*/}}
+{{- define "switchboard.isSentinel" -}}
+{{- if contains "-sentinel://" (include "switchboard.redisUrl" .) }}true{{ end }}
 {{- end }}
 
 {{/*

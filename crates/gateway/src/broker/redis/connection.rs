@@ -1,6 +1,7 @@
-//! The Redis connection settings of `[broker]`: URL, ACL credentials (also from a file,
-//! for Kubernetes and Docker secrets) and TLS (`rediss://`: a private CA, a client
-//! certificate, the server name to verify), turned into a fred configuration.
+//! The Redis connection settings of `[broker]`: URL (one server, or the sentinels that
+//! know the primary), ACL credentials (also from a file, for Kubernetes and Docker
+//! secrets) and TLS (`rediss://`: a private CA, a client certificate, the server name to
+//! verify), turned into a fred configuration.
 //!
 //! A bad file (missing, not PEM, a key that does not match) fails the node's start with
 //! the path in the message, rather than a TLS error at every reconnect.
@@ -46,18 +47,20 @@ pub(super) fn redis_config(config: &BrokerConfig) -> Result<Config, BrokerError>
     }
     let tls_settings =
         config.tls_ca_file.is_some() || config.tls_cert_file.is_some() || config.tls_server_name.is_some();
-    if tls_settings && !config.url.starts_with("rediss://") {
-        return Err(invalid("broker.tls_* settings need a rediss:// URL"));
+    if tls_settings && !config.is_tls() {
+        return Err(invalid("broker.tls_* settings need a rediss:// or rediss-sentinel:// URL"));
     }
-    if config.url.starts_with("rediss://") {
+    if config.is_tls() {
         redis.tls = Some(TlsConfig { connector: connector(config)?, hostnames: TlsHostMapping::None });
         if let Some(name) = &config.tls_server_name {
             ServerName::try_from(name.clone()).map_err(|_| {
                 invalid(&format!("broker.tls_server_name `{name}` is not a DNS name or IP address"))
             })?;
             // The name checked against the server's certificate, instead of the URL's host.
-            if let ServerConfig::Centralized { server } = &mut redis.server {
-                server.tls_server_name = Some(name.as_str().into());
+            // Sentinel reports the primary by address, so the override cannot apply there.
+            match &mut redis.server {
+                ServerConfig::Centralized { server } => server.tls_server_name = Some(name.as_str().into()),
+                _ => return Err(invalid("broker.tls_server_name works with rediss:// URLs only")),
             }
         }
     }
@@ -148,5 +151,30 @@ mod tests {
         };
         let error = redis_config(&config).expect_err("missing CA file").to_string();
         assert!(error.contains("/no/such/ca.pem"), "{error}");
+    }
+
+    #[test]
+    fn sentinel_urls_list_the_sentinels_and_the_service() {
+        let config = BrokerConfig {
+            url: "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=primary&node=127.0.0.1:26380".into(),
+            password: Some("secret".into()),
+            ..BrokerConfig::default()
+        };
+        let redis = redis_config(&config).expect("a sentinel URL");
+        let ServerConfig::Sentinel { hosts, service_name, .. } = &redis.server else {
+            panic!("not a sentinel configuration: {:?}", redis.server);
+        };
+        assert_eq!(service_name, "primary");
+        let mut ports: Vec<u16> = hosts.iter().map(|host| host.port).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, [26379, 26380]);
+        assert_eq!(redis.password.as_deref(), Some("secret"));
+
+        let config = BrokerConfig { tls_server_name: Some("redis.internal".into()), ..config };
+        let error = redis_config(&config).expect_err("server name over sentinel").to_string();
+        assert!(error.contains("rediss"), "{error}");
+        let config = BrokerConfig { url: config.url.replace("redis-", "rediss-"), ..config };
+        let error = redis_config(&config).expect_err("server name over sentinel").to_string();
+        assert!(error.contains("rediss:// URLs only"), "{error}");
     }
 }

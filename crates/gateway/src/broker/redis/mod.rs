@@ -12,6 +12,7 @@
 mod connection;
 mod lifecycle;
 mod registry;
+mod replicated;
 mod rpc;
 mod socketio;
 mod subscriber;
@@ -72,6 +73,8 @@ pub(crate) struct RedisShared {
     rpc_max_len: u64,
     /// The lifecycle stream (when enabled).
     lifecycle: lifecycle::Lifecycle,
+    /// Held publishing through its own connection, when `broker.ack_replicas` > 0.
+    replicated: Option<replicated::Replicated>,
 }
 
 /// A flag that is set while `client`'s connection is known to be down: fred broadcasts a
@@ -90,7 +93,7 @@ fn link_down(client: &impl EventInterface) -> Arc<AtomicBool> {
                 // applied after it.
                 biased;
                 error = errors.recv() => match error {
-                    Ok((error, _)) if matches!(error.kind(), ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Tls | ErrorKind::Auth) => {
+                    Ok((error, _)) if matches!(error.kind(), ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Tls | ErrorKind::Auth | ErrorKind::Sentinel) => {
                         // Logged once per outage (fred reports every failed reconnect): a
                         // wrong CA, password or address says so in the log right away.
                         if !flag.swap(true, Ordering::AcqRel) {
@@ -205,6 +208,11 @@ impl RedisBroker {
         let client = builder(COMMAND_BROADCAST_CAPACITY).build()?;
         let pubsub: SubscriberClient = builder(SUBSCRIBER_BROADCAST_CAPACITY).build_subscriber_client()?;
         let first = first_outcome(&client);
+        let replicated = replicated::Replicated::new(
+            builder(COMMAND_BROADCAST_CAPACITY).build()?,
+            config.ack_replicas,
+            config.ack_replicas_timeout_ms,
+        );
         let shared = Arc::new(RedisShared {
             command_link_down: link_down(&client),
             pubsub_link_down: link_down(&pubsub),
@@ -219,6 +227,7 @@ impl RedisBroker {
             rpc: rpc::RpcWaiters::default(),
             rpc_max_len,
             lifecycle: lifecycle::Lifecycle::new(lifecycle.clone()),
+            replicated,
         });
         // Event receivers are taken before connecting so that the first connection's
         // event (load functions, subscribe) is not missed.
@@ -226,6 +235,9 @@ impl RedisBroker {
         let subscriber = subscriber::Subscriber::start(pubsub.clone(), shared.clone());
         client.connect();
         pubsub.connect();
+        if let Some(replicated) = &shared.replicated {
+            replicated.connect();
+        }
         let broker =
             Arc::new(RedisBroker { shared, first, subscriber, local_presence: Arc::new(DashMap::new()) });
         broker.spawn_presence_keeper();
@@ -343,6 +355,9 @@ impl RedisShared {
                     "history_size": ns.stream.history_size,
                     "history_ttl_ms": ns.stream.history_ttl.as_millis() as u64,
                     "meta_ttl_ms": self.meta_ttl_ms(ns.stream),
+                    // Publishers hold their publications the same way (redis.md §4.11).
+                    "ack_replicas": self.config.ack_replicas,
+                    "ack_timeout_ms": self.config.ack_replicas_timeout_ms,
                 });
                 (ns.config.name.clone(), retention.to_string())
             })
@@ -359,10 +374,21 @@ impl RedisShared {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, BrokerError> {
-        match self.client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await {
+        self.fcall_on(&self.client, function, keys, args).await
+    }
+
+    /// [`RedisShared::fcall`] on another connection of the node.
+    async fn fcall_on(
+        &self,
+        client: &Client,
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, BrokerError> {
+        match client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await {
             Err(error) if error.details().contains("Function not found") => {
                 self.load_functions().await?;
-                Ok(self.client.fcall(function, keys, args).await?)
+                Ok(client.fcall(function, keys, args).await?)
             }
             other => Ok(other?),
         }
@@ -635,6 +661,12 @@ impl Broker for RedisBroker {
         let mut keys_list = vec![keys::stream(channel), keys::meta(channel)];
         if let Some(key) = &publication.idempotency_key {
             keys_list.push(keys::idempotency(channel, key));
+        }
+        if let Some(replicated) = &self.shared.replicated {
+            let mut args = args;
+            args[6] = "checked+hold".to_string();
+            let (offset, epoch) = replicated.publish(&self.shared, keys_list, args).await?;
+            return Ok(Some(StreamPosition { offset, epoch }));
         }
         let reply = self.shared.fcall("sb_publish", keys_list, args).await?;
         match reply {
