@@ -174,6 +174,13 @@ def validate_helm():
     config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["switchboard.toml"]
     check("helm: a redis-sentinel:// URL allows the sentinels' and the data servers' ports out",
           {26379, 6379} <= ports, ports)
+    cluster = {"redis": {"url": "redis-cluster://redis-0:6379?node=redis-1:6379"}}
+    try:
+        helm.Chart.load(str(chart_dir)).render(cluster, name="sb", namespace="realtime", is_install=True)
+        accepted = True
+    except helm.HelmError:
+        accepted = False
+    check("helm: a redis-cluster:// URL is accepted", accepted)
     check("helm: config.broker.ack_replicas reaches switchboard.toml",
           re.search(r"^ack_replicas = 1$", config, re.M) is not None, config)
 

@@ -130,8 +130,9 @@ pub struct BrokerConfig {
     /// `memory://` for the embedded single-node broker, or `redis://[user:password@]host:port[/db]`
     /// (`rediss://` for TLS) of a Redis >= 7 shared by a cluster of nodes, or
     /// `redis-sentinel://[user:password@]sentinel:port[/db]?sentinelServiceName=<name>&node=<sentinel:port>…`
-    /// (`rediss-sentinel://` for TLS) to find the primary through Redis Sentinel. Default
-    /// `memory://`.
+    /// (`rediss-sentinel://` for TLS) to find the primary through Redis Sentinel, or
+    /// `redis-cluster://[user:password@]host:port?node=<host:port>…` (`rediss-cluster://`)
+    /// for a Redis Cluster, with sharded pub/sub. Default `memory://`.
     pub url: String,
     /// Redis ACL user, overriding the URL's. Default: the URL's (or `default`).
     pub username: Option<String>,
@@ -166,6 +167,9 @@ pub struct BrokerConfig {
     /// Redis: a command that gets no answer within this time fails with 115
     /// `unavailable`, in milliseconds. Default 3000.
     pub command_timeout_ms: u64,
+    /// Redis: how long one attempt to connect (TCP, TLS, `HELLO`/`AUTH`) may take before
+    /// it is retried, in milliseconds. Default 2000.
+    pub connect_timeout_ms: u64,
     /// Redis: interval of the node registry heartbeat, in milliseconds. Default 2000.
     pub node_heartbeat_ms: u64,
     /// Redis: idempotency keys of HTTP, publisher and client publishes are remembered this long, in
@@ -189,14 +193,26 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     /// Whether the broker is Redis (`redis://`, `rediss://`, or either through Sentinel).
     pub fn is_redis(&self) -> bool {
-        ["redis://", "rediss://", "redis-sentinel://", "rediss-sentinel://"]
-            .iter()
-            .any(|scheme| self.url.starts_with(scheme))
+        [
+            "redis://",
+            "rediss://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ]
+        .iter()
+        .any(|scheme| self.url.starts_with(scheme))
     }
 
-    /// Whether the URL connects with TLS (`rediss://` or `rediss-sentinel://`).
+    /// Whether the URL connects with TLS (`rediss://`, `rediss-sentinel://`, `rediss-cluster://`).
     pub fn is_tls(&self) -> bool {
-        self.url.starts_with("rediss://") || self.url.starts_with("rediss-sentinel://")
+        self.url.starts_with("rediss")
+    }
+
+    /// Whether the URL names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        self.url.starts_with("redis-cluster://") || self.url.starts_with("rediss-cluster://")
     }
 }
 
@@ -216,6 +232,7 @@ impl Default for BrokerConfig {
             probe_interval_ms: 1_000,
             probe_timeout_ms: 5_000,
             command_timeout_ms: 3_000,
+            connect_timeout_ms: 2_000,
             node_heartbeat_ms: 2_000,
             idempotency_ttl_secs: 300,
             unpublished_stream_ttl_secs: 600,

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub broker_invalid_messages: IntCounter,
     /// Gap-fill or catch-up reads of a stream that failed and were retried.
     pub broker_stream_read_retries: IntCounter,
+    /// Redis Cluster: channels subscribed again (and caught up) because their slot moved.
+    pub broker_slot_moves: IntCounter,
     /// Replicated publishing: publications that fewer than `broker.ack_replicas` replicas
     /// acknowledged in time (the publish failed with 115; the publication stays held).
     pub broker_replica_wait_failures: IntCounter,
@@ -238,6 +240,10 @@ impl Metrics {
             broker_stream_read_retries: counter(
                 "broker_stream_read_retries_total",
                 "Gap-fill or catch-up stream reads that failed and were retried",
+            ),
+            broker_slot_moves: counter(
+                "broker_slot_moves_total",
+                "Channels subscribed again because their Redis Cluster slot moved",
             ),
             broker_replica_wait_failures: counter(
                 "broker_replica_wait_failures_total",

@@ -35,7 +35,7 @@ pub enum NodeError {
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     /// The broker URL is not supported.
-    #[error("unsupported broker url `{0}` (supported: memory://, redis://, rediss://, redis-sentinel://, rediss-sentinel://)")]
+    #[error("unsupported broker url `{0}` (supported: memory://, redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster://, rediss-cluster://)")]
     BrokerUrl(String),
     /// The broker could not be set up.
     #[error(transparent)]

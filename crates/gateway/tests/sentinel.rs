@@ -12,7 +12,7 @@ mod fixture;
 use std::{collections::HashMap, time::Duration};
 
 use fixture::{
-    cluster::{start_node_with_url, SERIAL},
+    cluster::{publish_until_acknowledged, start_node_with_url, SERIAL},
     connect_url, Client,
 };
 use serde_json::{json, Value};
@@ -23,27 +23,6 @@ use switchboard_testkit::{
 };
 
 const CHANNEL: &str = "chat:failover";
-
-/// Publishes `n` (idempotency key `n<n>`) until it is acknowledged; returns its offset and
-/// how many attempts were refused as unavailable (the failover window).
-async fn publish_until_acknowledged(publisher: &mut Client, n: u64) -> (u64, u32) {
-    let mut refused = 0;
-    loop {
-        let params = json!({"channel": CHANNEL, "data": n, "idempotency_key": format!("n{n}")});
-        let reply = publisher.call("publish", params).await;
-        match (reply.result, reply.error) {
-            (Some(result), None) => return (result["offset"].as_u64().unwrap(), refused),
-            (None, Some(error)) => {
-                assert_eq!(error.code, Code::Unavailable, "{}", error.message);
-                assert!(error.temporary);
-                refused += 1;
-                assert!(refused < 600, "publication {n} refused for over a minute: {}", error.message);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-}
 
 /// Reads `client`'s publications of the channel up to offset `last`: asserts offsets
 /// `first..=last` in order, once each, in the subscribe's epoch; returns offset -> data.
@@ -108,7 +87,7 @@ async fn a_sentinel_failover_loses_no_acknowledged_publication() {
             primary.kill();
             eprintln!("killed the primary on port {old}");
         }
-        let (offset, attempts) = publish_until_acknowledged(&mut publisher, n).await;
+        let (offset, attempts) = publish_until_acknowledged(&mut publisher, CHANNEL, n).await;
         refused += attempts;
         acknowledged.push((offset, n));
     }
@@ -147,7 +126,7 @@ async fn a_publication_no_replica_acknowledged_is_held() {
     let replica = RedisServer::start_replica_of(&primary);
     fixture::eventually("the replica is connected", || async { primary.replicas() == 1 }).await;
     let env =
-        [("SWITCHBOARD_BROKER__ACK_REPLICAS", "1"), ("SWITCHBOARD_BROKER__ACK_REPLICAS_TIMEOUT_MS", "300")];
+        [("SWITCHBOARD_BROKER__ACK_REPLICAS", "1"), ("SWITCHBOARD_BROKER__ACK_REPLICAS_TIMEOUT_MS", "2000")];
     let node = start_node_with_url(&primary.url(), "127.0.0.1:0", &env);
     let mut subscriber = connect_url(&node.ws_url(), "s", Encoding::Json).await;
     let epoch = subscriber.ok("subscribe", json!({"channel": CHANNEL})).await["epoch"].clone();
@@ -165,7 +144,7 @@ async fn a_publication_no_replica_acknowledged_is_held() {
     replica.pause();
     let error = publisher.err("publish", publish(2, Some("k2"))).await;
     assert_eq!(error.code, Code::Unavailable, "{}", error.message);
-    assert!(error.message.contains("0 of 1 replicas"), "{}", error.message);
+    assert!(error.message.contains("0 of 1 replicas within 2000 ms"), "{}", error.message);
     assert_eq!(node.metric("switchboard_broker_replica_wait_failures_total"), Some(1.0));
     let history = publisher.ok("history", json!({"channel": CHANNEL})).await;
     assert_eq!(history["offset"], 1, "the held publication is not visible: {history}");

@@ -16,6 +16,22 @@ local function new_epoch()
   return string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
 end
 
+-- Live channels are sharded pub/sub on a Redis Cluster (SPUBLISH: a publication travels
+-- only inside the shard that owns the channel's slot, which its hash tag shares with the
+-- channel's keys) and classic pub/sub elsewhere (PUBLISH, the contract services that
+-- publish ephemeral publications rely on). Found out on first use, since a library
+-- cannot call Redis while it loads; a server changes mode only by restarting, which
+-- loads the library again.
+local live_command = nil
+
+local function publish_live(channel, message)
+  if not live_command then
+    local reply = redis.pcall('CLUSTER', 'MYID')
+    live_command = (type(reply) == 'table' and reply['err']) and 'PUBLISH' or 'SPUBLISH'
+  end
+  return redis.call(live_command, channel, message)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -175,7 +191,7 @@ local function publish(keys, args)
   if hold then
     return {offset, epoch, 0, envelope}
   end
-  redis.call('PUBLISH', live, envelope)
+  publish_live(live, envelope)
   return {offset, epoch, 0}
 end
 
@@ -198,7 +214,7 @@ local function commit(keys, args)
   if committed and committed < offset then
     redis.call('HSET', meta, 'c', offset)
   end
-  redis.call('PUBLISH', live, envelope)
+  publish_live(live, envelope)
   return 1
 end
 
@@ -439,7 +455,7 @@ local function join(keys, args)
     presence_add_one(keys[3], keys[4], keys[5], client, user, info, presence_ttl)
   end
   if envelope ~= '' then
-    redis.call('PUBLISH', live, envelope)
+    publish_live(live, envelope)
   end
   local out = {epoch, top, acked_offset, acked_epoch}
   for _, item in ipairs(entries) do
@@ -463,7 +479,7 @@ local function leave(keys, args)
     present = 0
   end
   if present == 1 and envelope ~= '' then
-    redis.call('PUBLISH', live, envelope)
+    publish_live(live, envelope)
   end
   return present
 end

@@ -1,11 +1,14 @@
 //! Where the publisher's Redis is and how to reach it: the URL (`redis://`, or
 //! `rediss://` for TLS, with `user:password@` for an ACL user; or the sentinels that name
 //! the primary, `redis-sentinel://`, in the gateways' format) and, for TLS with a private
-//! CA or a client certificate, the PEM files. Shared by [`crate::Publisher`], the RPC
+//! CA or a client certificate, the PEM files; the connect and command timeouts. Shared by [`crate::Publisher`], the RPC
 //! [`crate::worker::Worker`] and the [`crate::lifecycle::LifecycleConsumer`].
+
+use std::time::Duration;
 
 use redis::{
     aio::ConnectionManagerConfig,
+    cluster::{ClusterClient, ClusterClientBuilder},
     sentinel::{SentinelClientBuilder, SentinelServerType},
     ClientTlsConfig, ConnectionAddr, RedisError, TlsCertificates,
 };
@@ -15,12 +18,34 @@ use crate::link::{Link, Source};
 // this dependency is what makes one available (no other provider is compiled in).
 use rustls as _;
 
+/// How long connecting may take unless [`RedisOptions::connect_timeout`] says otherwise
+/// (the gateways' value).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may wait for its answer unless [`RedisOptions::command_timeout`]
+/// says otherwise (the gateways' `broker.command_timeout_ms` default). It must exceed the
+/// gateways' `broker.ack_replicas_timeout_ms`, which publishes wait in `WAIT`.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How to connect to Redis.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
     url: String,
     ca_file: Option<String>,
     client_cert: Option<(String, String)>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> RedisOptions {
+        RedisOptions {
+            url: String::new(),
+            ca_file: None,
+            client_cert: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
 }
 
 impl RedisOptions {
@@ -48,13 +73,33 @@ impl RedisOptions {
         self
     }
 
-    /// A connection (to the primary, through Sentinel) with `config`.
+    /// How long connecting may take ([`DEFAULT_CONNECT_TIMEOUT`] otherwise).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> RedisOptions {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a command may wait for its answer before it fails as a connection error
+    /// (retryable; [`DEFAULT_COMMAND_TIMEOUT`] otherwise).
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> RedisOptions {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// A connection (to the primary, through Sentinel), whose commands may wait
+    /// `response_timeout` (default: the command timeout) for their answers.
     ///
     /// # Errors
     /// A malformed URL, a PEM file that cannot be read, or no connection.
-    pub(crate) async fn link(&self, config: ConnectionManagerConfig) -> Result<Link, RedisError> {
+    pub(crate) async fn link(&self, response_timeout: Option<Duration>) -> Result<Link, RedisError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(response_timeout.unwrap_or(self.command_timeout)));
         let source = match self.url.split_once("://") {
             Some(("redis-sentinel" | "rediss-sentinel", _)) => Source::Sentinel(self.sentinel()?),
+            Some(("redis-cluster" | "rediss-cluster", _)) => Source::Cluster(self.cluster()?),
             _ => Source::Direct(self.client()?),
         };
         Link::connect(source, config).await
@@ -83,6 +128,34 @@ impl RedisOptions {
             None => None,
         };
         Ok(Some(TlsCertificates { client_tls, root_cert }))
+    }
+
+    /// A cluster client for a `redis-cluster://host:port?node=host:port…` URL (the
+    /// gateways' format; `rediss-cluster://` for TLS): every listed node is a seed.
+    fn cluster(&self) -> Result<ClusterClient, RedisError> {
+        let invalid =
+            |why: String| RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad cluster URL", why));
+        let url = url::Url::parse(&self.url).map_err(|error| invalid(error.to_string()))?;
+        let scheme = if url.scheme() == "rediss-cluster" { "rediss" } else { "redis" };
+        let auth = match (url.username(), url.password()) {
+            ("", None) => String::new(),
+            (user, password) => format!("{user}:{}@", password.unwrap_or_default()),
+        };
+        let host = url.host_str().ok_or_else(|| invalid("no host".into()))?;
+        let mut seeds = vec![format!("{scheme}://{auth}{host}:{}", url.port().unwrap_or(6379))];
+        for (name, value) in url.query_pairs() {
+            match name.as_ref() {
+                "node" => seeds.push(format!("{scheme}://{auth}{value}")),
+                other => return Err(invalid(format!("unknown parameter `{other}`"))),
+            }
+        }
+        let mut builder = ClusterClientBuilder::new(seeds)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout);
+        if let Some(certificates) = self.certificates()? {
+            builder = builder.certs(certificates);
+        }
+        builder.build()
     }
 
     /// A Sentinel client for a `redis-sentinel://` or `rediss-sentinel://` URL.

@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{aio::ConnectionManagerConfig, RedisError, Value};
+use redis::{RedisError, Value};
 
 use crate::{link::Link, RedisOptions};
 
@@ -41,10 +41,8 @@ impl GroupReader {
         consumer: String,
     ) -> Result<GroupReader, RedisError> {
         let block = Duration::from_secs(1);
-        let reads_config =
-            ConnectionManagerConfig::new().set_response_timeout(Some(block + Duration::from_secs(5)));
-        let reads = options.link(reads_config).await?;
-        let commands = options.link(ConnectionManagerConfig::new()).await?;
+        let reads = options.link(Some(block + Duration::from_secs(5))).await?;
+        let commands = options.link(None).await?;
         Ok(GroupReader {
             reads,
             commands,

@@ -18,12 +18,14 @@ mod group;
 pub mod lifecycle;
 mod link;
 mod replicated;
-pub use connection::RedisOptions;
+mod send;
+pub use connection::{RedisOptions, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+use send::Prepared;
 pub mod worker;
 
 use std::{collections::HashMap, sync::Arc};
 
-use redis::{aio::ConnectionManagerConfig, RedisError};
+use redis::RedisError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_protocol::{channel, payload, redis as keys};
@@ -214,7 +216,7 @@ impl Publisher {
     /// # Errors
     /// As [`Publisher::connect`]; also a TLS file that cannot be read.
     pub async fn connect_with(options: &RedisOptions) -> Result<Publisher, PublishError> {
-        let connection = options.link(ConnectionManagerConfig::new()).await?;
+        let connection = options.link(None).await?;
         let publisher = Publisher {
             connection,
             retention: Arc::new(RwLock::new(HashMap::new())),
@@ -300,7 +302,8 @@ impl Publisher {
         options: &PublishOptions,
     ) -> Result<Published, PublishError> {
         let prepared = self.command(channel_name, &serde_json::value::to_raw_value(data)?, options).await?;
-        let mut results = self.execute(vec![(channel_name, options, Ok(prepared))]).await?;
+        let mut results =
+            send::execute(&self.connection, vec![(channel_name, options, Ok(prepared))]).await?;
         results.pop().unwrap_or_else(|| unreachable!("one result per item"))
     }
 
@@ -365,8 +368,11 @@ impl Publisher {
     async fn control(&self, user: &str, control: &serde_json::Value) -> Result<bool, PublishError> {
         let live = keys::live(&channel::personal(user));
         let mut connection = self.connection.clone();
-        let receivers: i64 =
-            redis::cmd("PUBLISH").arg(live).arg(control.to_string()).query_async(&mut connection).await?;
+        let receivers: i64 = redis::cmd(if connection.is_cluster() { "SPUBLISH" } else { "PUBLISH" })
+            .arg(live)
+            .arg(control.to_string())
+            .query_async(&mut connection)
+            .await?;
         Ok(receivers > 0)
     }
 
@@ -417,94 +423,7 @@ impl Publisher {
             };
             prepared.push((item.channel.as_str(), &item.options, command));
         }
-        self.execute(prepared).await
-    }
-
-    /// Sends prepared publishes in one pipeline (plus one `WAIT` when some are held, and
-    /// a second pipeline committing those, [`replicated`]); results in input order.
-    async fn execute(
-        &self,
-        items: Vec<(&str, &PublishOptions, Result<Prepared, PublishError>)>,
-    ) -> Result<Vec<Result<Published, PublishError>>, PublishError> {
-        let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::with_capacity(items.len());
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut sent = Vec::new();
-        for (index, (_, _, prepared)) in items.iter().enumerate() {
-            match prepared {
-                Ok(prepared) => {
-                    pipe.add_command(prepared.command.clone());
-                    sent.push(index);
-                    results.push(None);
-                }
-                Err(_) => results.push(None),
-            }
-        }
-        let holds = items.iter().filter_map(|(_, _, p)| p.as_ref().ok().and_then(|p| p.hold.as_ref()));
-        let wait = replicated::wait_command(holds);
-        if let Some((command, _)) = &wait {
-            pipe.add_command(command.clone());
-        }
-        if !sent.is_empty() {
-            let mut connection = self.connection.clone();
-            let mut replies: Vec<redis::RedisResult<redis::Value>> =
-                pipe.query_async(&mut connection).await?;
-            let acknowledged = match wait {
-                Some(_) => {
-                    replies.pop().and_then(|r| r.ok()).and_then(|v| redis::from_redis_value::<i64>(v).ok())
-                }
-                None => None,
-            };
-            let mut commits = redis::pipe();
-            commits.ignore_errors();
-            let mut committing = Vec::new();
-            for (index, reply) in sent.into_iter().zip(replies) {
-                let (channel_name, options, prepared) = &items[index];
-                let hold = prepared.as_ref().ok().and_then(|p| p.hold.as_ref());
-                let result = match (reply.map_err(PublishError::from), hold) {
-                    (Err(error), _) => Err(error),
-                    (Ok(reply), None) => parse_reply(channel_name, options, reply),
-                    (Ok(reply), Some(hold)) => match replicated::parse_held(channel_name, reply) {
-                        Ok((published, Some(envelope))) => {
-                            match replicated::commit_command(
-                                hold,
-                                &published,
-                                envelope,
-                                acknowledged.unwrap_or(0),
-                            ) {
-                                Ok(command) => {
-                                    commits.add_command(command);
-                                    committing.push(index);
-                                    Ok(published)
-                                }
-                                Err(error) => Err(error),
-                            }
-                        }
-                        Ok((published, None)) => Ok(published),
-                        Err(error) => Err(error),
-                    },
-                };
-                results[index] = Some(result);
-            }
-            if !committing.is_empty() {
-                let mut connection = self.connection.clone();
-                let replies: Vec<redis::RedisResult<redis::Value>> =
-                    commits.query_async(&mut connection).await?;
-                for (index, reply) in committing.into_iter().zip(replies) {
-                    if let Err(error) = reply {
-                        results[index] = Some(Err(error.into()));
-                    }
-                }
-            }
-        }
-        Ok(items
-            .into_iter()
-            .zip(results)
-            .map(|((_, _, prepared), result)| match prepared {
-                Err(error) => Err(error),
-                Ok(_) => result.unwrap_or_else(|| unreachable!("every sent item has a result")),
-            })
-            .collect())
+        send::execute(&self.connection, prepared).await
     }
 
     /// Builds the Redis command of one publish.
@@ -520,7 +439,8 @@ impl Publisher {
         if options.live_only {
             let envelope =
                 serde_json::json!({"t": unix_millis(), "b": serde_json::from_str::<&RawValue>(&body)?});
-            let mut command = redis::cmd("PUBLISH");
+            // Sharded pub/sub on a Redis Cluster (docs/redis.md §10).
+            let mut command = redis::cmd(if self.connection.is_cluster() { "SPUBLISH" } else { "PUBLISH" });
             command.arg(keys::live(channel_name)).arg(envelope.to_string());
             return Ok(Prepared { command, hold: None });
         }
@@ -547,35 +467,6 @@ impl Publisher {
             .arg(if hold.is_some() { "checked+hold" } else { "checked" });
         Ok(Prepared { command, hold })
     }
-}
-
-/// One publish, ready to send.
-struct Prepared {
-    command: redis::Cmd,
-    hold: Option<replicated::Hold>,
-}
-
-fn parse_reply(
-    channel_name: &str,
-    options: &PublishOptions,
-    reply: redis::Value,
-) -> Result<Published, PublishError> {
-    if options.live_only {
-        return Ok(Published {
-            channel: channel_name.to_string(),
-            offset: None,
-            epoch: None,
-            duplicate: false,
-        });
-    }
-    let (offset, epoch, duplicate): (u64, String, u8) =
-        redis::from_redis_value(reply).map_err(|e| PublishError::UnexpectedReply(e.to_string()))?;
-    Ok(Published {
-        channel: channel_name.to_string(),
-        offset: Some(offset),
-        epoch: Some(epoch),
-        duplicate: duplicate == 1,
-    })
 }
 
 fn unix_millis() -> u64 {

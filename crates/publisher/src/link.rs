@@ -1,7 +1,8 @@
 //! A Redis connection that follows the primary: a [`ConnectionManager`] (multiplexed,
 //! reconnecting), which through Sentinel is rebuilt on the primary the sentinels name
 //! whenever the current one fails in a way a failover explains (the connection is lost
-//! or refused, or the server became a read-only replica).
+//! or refused, or the server became a read-only replica). On a Redis Cluster it is the
+//! `redis` crate's cluster connection, which follows slots and failovers itself.
 //!
 //! A `ConnectionManager` alone reconnects to the address it was built with: after a
 //! failover that is the old primary, dead or demoted. Every command that fails that way
@@ -15,6 +16,8 @@ use std::sync::{
 
 use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
     sentinel::SentinelClient,
     Cmd, Pipeline, RedisError, RedisFuture, Value,
 };
@@ -25,6 +28,15 @@ pub(crate) enum Source {
     Direct(redis::Client),
     /// The primary the sentinels name.
     Sentinel(SentinelClient),
+    /// A Redis Cluster.
+    Cluster(ClusterClient),
+}
+
+/// The connection commands go through.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 /// The cloneable connection every part of the crate queries.
@@ -36,7 +48,7 @@ pub(crate) struct Link {
 struct Shared {
     /// The current connection; a clone is taken for each command, never held across an
     /// await while locked.
-    current: RwLock<ConnectionManager>,
+    current: RwLock<Connection>,
     /// Bumped at each rebuild, so that concurrent failures rebuild once.
     generation: AtomicU64,
     sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
@@ -49,18 +61,20 @@ impl Link {
     /// # Errors
     /// When no connection can be made.
     pub(crate) async fn connect(source: Source, config: ConnectionManagerConfig) -> Result<Link, RedisError> {
-        let (manager, sentinel) = match source {
+        let (connection, sentinel) = match source {
             Source::Direct(client) => {
-                (client.get_connection_manager_with_config(config.clone()).await?, None)
+                (Connection::Single(client.get_connection_manager_with_config(config.clone()).await?), None)
             }
             Source::Sentinel(mut sentinel) => {
                 let client = sentinel.async_get_client().await?;
-                (client.get_connection_manager_with_config(config.clone()).await?, Some(sentinel))
+                let manager = client.get_connection_manager_with_config(config.clone()).await?;
+                (Connection::Single(manager), Some(sentinel))
             }
+            Source::Cluster(client) => (Connection::Cluster(client.get_async_connection().await?), None),
         };
         Ok(Link {
             shared: Arc::new(Shared {
-                current: RwLock::new(manager),
+                current: RwLock::new(connection),
                 generation: AtomicU64::new(0),
                 sentinel: sentinel.map(tokio::sync::Mutex::new),
                 config,
@@ -68,7 +82,13 @@ impl Link {
         })
     }
 
-    fn current(&self) -> (ConnectionManager, u64) {
+    /// Whether this is a Redis Cluster: live channels are sharded pub/sub there, and a
+    /// pipeline may only hold commands of one slot.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.current().0, Connection::Cluster(_))
+    }
+
+    fn current(&self) -> (Connection, u64) {
         let generation = self.shared.generation.load(Ordering::Acquire);
         let current = self.shared.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         (current.clone(), generation)
@@ -96,7 +116,8 @@ impl Link {
         };
         match manager {
             Ok(manager) => {
-                *self.shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = manager;
+                *self.shared.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Connection::Single(manager);
                 self.shared.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!("connected to the primary the sentinels name");
             }
@@ -148,5 +169,33 @@ impl ConnectionLike for Link {
 
     fn get_db(&self) -> i64 {
         self.current().0.get_db()
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
     }
 }

@@ -25,7 +25,7 @@ async fn publications_are_committed_once_a_replica_has_them() {
         assert!(std::time::Instant::now() < deadline, "the replica did not synchronize");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let retention = r#"{"history_size":100,"history_ttl_ms":300000,"meta_ttl_ms":86400000,"ack_replicas":1,"ack_timeout_ms":300}"#;
+    let retention = r#"{"history_size":100,"history_ttl_ms":300000,"meta_ttl_ms":86400000,"ack_replicas":1,"ack_timeout_ms":2000}"#;
     primary.cli(&["HSET", "sb:namespaces", "dao", retention]);
     let publisher = Publisher::connect(&primary.url()).await.unwrap();
 
@@ -78,7 +78,7 @@ async fn the_publisher_follows_a_sentinel_failover() {
     wait("replicas synchronized", &|| primary.replicas() == 2);
     let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(&primary, 2)).collect();
     wait("sentinels ready", &|| sentinels.iter().all(|s| s.ready_for_failover(2, 2)));
-    let retention = r#"{"history_size":1000,"history_ttl_ms":300000,"meta_ttl_ms":86400000,"ack_replicas":1,"ack_timeout_ms":500}"#;
+    let retention = r#"{"history_size":1000,"history_ttl_ms":300000,"meta_ttl_ms":86400000,"ack_replicas":1,"ack_timeout_ms":2000}"#;
     primary.cli(&["HSET", "sb:namespaces", "dao", retention]);
     wait("the declaration reached the replicas", &|| {
         replicas.iter().all(|r| r.cli(&["HGET", "sb:namespaces", "dao"]) == retention)

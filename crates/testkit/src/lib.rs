@@ -4,6 +4,7 @@
 //!
 //! Processes are killed when their handle drops, so a failing test leaves nothing behind.
 
+pub mod cluster;
 pub mod sentinel;
 
 use std::{
@@ -48,6 +49,16 @@ fn kill_and_reap(child: &mut Child) {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
+}
+
+/// A free port whose Redis Cluster bus port (+10 000) is free and valid too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Persistence mode of a test Redis.
@@ -159,6 +170,20 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut server =
             RedisServer { port: free_port(), dir, persistence, child: None, tls: None, extra: Vec::new() };
+        server.spawn();
+        server
+    }
+
+    /// Starts `redis-server` on `port` with further arguments (no persistence), e.g. a
+    /// cluster node's.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    #[allow(clippy::expect_used)]
+    pub fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut server =
+            RedisServer { port, dir, persistence: Persistence::None, child: None, tls: None, extra };
         server.spawn();
         server
     }

@@ -90,8 +90,8 @@ The redis URL, checked. Fails with a clear message when missing or not redis://.
 {{- if not $url }}
 {{- fail "redis.url is required: the Redis (>= 7) endpoint shared by every node, e.g. --set redis.url=redis://redis.default.svc:6379" }}
 {{- end }}
-{{- if not (or (hasPrefix "redis://" $url) (hasPrefix "rediss://" $url) (hasPrefix "redis-sentinel://" $url) (hasPrefix "rediss-sentinel://" $url)) }}
-{{- fail (printf "redis.url must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel:// (no Redis Cluster client yet); got %q" $url) }}
+{{- if not (or (hasPrefix "redis://" $url) (hasPrefix "rediss://" $url) (hasPrefix "redis-sentinel://" $url) (hasPrefix "rediss-sentinel://" $url) (hasPrefix "redis-cluster://" $url) (hasPrefix "rediss-cluster://" $url)) }}
+{{- fail (printf "redis.url must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster:// or rediss-cluster://; got %q" $url) }}
 {{- end }}
 {{- $url }}
 {{- end }}

@@ -75,6 +75,8 @@ pub(crate) struct RedisShared {
     lifecycle: lifecycle::Lifecycle,
     /// Held publishing through its own connection, when `broker.ack_replicas` > 0.
     replicated: Option<replicated::Replicated>,
+    /// A Redis Cluster: live channels are sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`).
+    sharded: bool,
 }
 
 /// A flag that is set while `client`'s connection is known to be down: fred broadcasts a
@@ -198,7 +200,7 @@ impl RedisBroker {
                     performance.broadcast_channel_capacity = broadcast_capacity;
                 })
                 .with_connection_config(|connection| {
-                    connection.connection_timeout = Duration::from_secs(2);
+                    connection.connection_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
                     connection.internal_command_timeout = command_timeout;
                     connection.max_command_attempts = 1;
                 })
@@ -228,6 +230,7 @@ impl RedisBroker {
             rpc_max_len,
             lifecycle: lifecycle::Lifecycle::new(lifecycle.clone()),
             replicated,
+            sharded: config.is_cluster(),
         });
         // Event receivers are taken before connecting so that the first connection's
         // event (load functions, subscribe) is not missed.
@@ -340,7 +343,12 @@ fn integer(value: &Value) -> Option<u64> {
 
 impl RedisShared {
     async fn load_functions(&self) -> Result<(), BrokerError> {
-        let _: Value = self.client.function_load(true, LIBRARY).await?;
+        if self.sharded {
+            // Every primary runs the functions of the slots it owns.
+            let _: () = self.client.function_load_cluster(true, LIBRARY).await?;
+        } else {
+            let _: Value = self.client.function_load(true, LIBRARY).await?;
+        }
         tracing::info!("Redis Functions library loaded");
         Ok(())
     }
@@ -550,8 +558,17 @@ impl RedisShared {
     }
 
     async fn publish_live(&self, channel: &str, message: String) -> Result<(), BrokerError> {
-        let _: i64 = self.client.publish(keys::live(channel), message).await?;
-        Ok(())
+        self.publish_live_counted(channel, message).await.map(|_| ())
+    }
+
+    /// Publishes on `channel`'s live pub/sub channel (sharded on a Redis Cluster); returns
+    /// how many subscribers (nodes) received it.
+    async fn publish_live_counted(&self, channel: &str, message: String) -> Result<i64, BrokerError> {
+        Ok(if self.sharded {
+            self.client.spublish(keys::live(channel), message).await?
+        } else {
+            self.client.publish(keys::live(channel), message).await?
+        })
     }
 
     /// Emits leave events for expired presence entries (JSON client infos).
@@ -738,15 +755,32 @@ impl Broker for RedisBroker {
         self.shared.connected()?;
         let message = wire::control(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let channel = switchboard_protocol::channel::personal(user);
-        self.shared.connected()?;
-        let receivers: i64 = self.shared.client.publish(keys::live(&channel), message).await?;
+        let receivers = self.shared.publish_live_counted(&channel, message).await?;
         Ok(receivers > 0)
     }
 
     async fn active_channels(&self) -> Result<Vec<String>, BrokerError> {
         self.shared.connected()?;
-        self.shared.connected()?;
-        let live: Vec<String> = self.shared.client.pubsub_channels("sb:{*}:live").await?;
+        let live: Vec<String> = if self.shared.sharded {
+            // Sharded channels are listed by the primary that owns them: ask each.
+            let primaries = self
+                .shared
+                .client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .unwrap_or_default();
+            let mut all = Vec::new();
+            for primary in primaries {
+                let names: Vec<String> =
+                    self.shared.client.with_cluster_node(primary).pubsub_shardchannels("sb:{*}:live").await?;
+                all.extend(names);
+            }
+            all.sort_unstable();
+            all.dedup();
+            all
+        } else {
+            self.shared.client.pubsub_channels("sb:{*}:live").await?
+        };
         let mut channels: Vec<String> =
             live.iter().filter_map(|l| keys::channel_of_live(l)).map(str::to_string).collect();
         channels.sort_unstable();

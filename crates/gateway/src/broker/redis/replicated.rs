@@ -12,7 +12,9 @@
 //!
 //! `WAIT` counts the writes of the connection it runs on and blocks that connection, so
 //! held publishes have a connection of their own: reads, presence and joins on the
-//! command connection never queue behind a replica's acknowledgement.
+//! command connection never queue behind a replica's acknowledgement. On a Redis Cluster
+//! that is one connection per primary, and the `WAIT` goes to the primary that owns the
+//! channel's slot, where the publication was written.
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -73,7 +75,16 @@ impl Replicated {
         let Some(envelope) = held.envelope else {
             return Ok((held.offset, held.epoch));
         };
-        let acknowledged: i64 = self.client.wait(self.replicas, self.timeout_ms).await?;
+        let acknowledged: i64 = if shared.sharded {
+            let slot = fred::util::redis_keyslot(stream.as_bytes());
+            let owner = self.client.cached_cluster_state().and_then(|state| state.get_server(slot).cloned());
+            let Some(owner) = owner else {
+                return Err(BrokerError::Unavailable(format!("no primary known for slot {slot}")));
+            };
+            self.client.with_cluster_node(owner).wait(self.replicas, self.timeout_ms).await?
+        } else {
+            self.client.wait(self.replicas, self.timeout_ms).await?
+        };
         if acknowledged < self.replicas {
             shared.metrics.broker_replica_wait_failures.inc();
             tracing::warn!(

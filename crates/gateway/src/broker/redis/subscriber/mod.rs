@@ -24,8 +24,11 @@
 //!   its last offset through the stream.
 //! * **Probe.** The node publishes to its own probe channel; if the probe stops coming
 //!   back, the connection is silently dead: the node reports not ready and reconnects.
+//! * **Redis Cluster** (`sharded`): live channels are sharded pub/sub, subscribed per
+//!   slot and followed when their slot moves.
 
 mod reader;
+mod sharded;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,7 +39,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::{clients::SubscriberClient, prelude::*};
+use fred::{
+    clients::SubscriberClient,
+    prelude::*,
+    types::{cluster::ClusterRouting, config::Server},
+};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
 use reader::{Reader, ReaderCommand};
@@ -51,6 +58,8 @@ enum Op {
     /// A join's read of the channel's position (see the module docs).
     Baseline(String, Arc<str>, u64),
     Resync,
+    /// The cluster's current slot map (Redis Cluster only; see `sharded`).
+    SlotMap(ClusterRouting),
 }
 
 /// Handle to the pub/sub side.
@@ -71,6 +80,9 @@ impl Subscriber {
         let probe_channel = keys::probe(&shared.node_id);
         let rpc_channel = keys::rpc_replies(&shared.node_id);
         let raw = vec![probe_channel.clone(), rpc_channel.clone()];
+        if shared.sharded {
+            sharded::spawn_watcher(client.clone(), ops.clone());
+        }
         tokio::spawn(interest_loop(client.clone(), ops_rx, reader_tx, shared.clone(), raw));
         let reader = Reader::new(shared.clone(), probe_channel.clone(), probe_seen_ms.clone(), started);
         tokio::spawn(reader.run(client.message_rx(), reader_rx));
@@ -182,6 +194,8 @@ async fn interest_loop(
 ) {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut subscribed: HashSet<String> = HashSet::new();
+    // Redis Cluster: the primary each subscribed slot had when it was subscribed.
+    let mut owners: HashMap<u16, Server> = HashMap::new();
     let mut batch = Vec::new();
     let mut retry_resync = false;
     loop {
@@ -203,6 +217,7 @@ async fn interest_loop(
         let mut waiters = Vec::new();
         let mut baselines = Vec::new();
         let mut resync = false;
+        let mut slot_map = None;
         for op in batch.drain(..) {
             match op {
                 Op::Subscribe(channel, tx) => {
@@ -221,6 +236,7 @@ async fn interest_loop(
                 }
                 Op::Baseline(channel, epoch, top) => baselines.push((channel, epoch, top)),
                 Op::Resync => resync = true,
+                Op::SlotMap(state) => slot_map = Some(state),
             }
         }
         let to_subscribe: Vec<String> = if resync {
@@ -233,13 +249,20 @@ async fn interest_loop(
 
         let mut failure = None;
         for chunk in to_subscribe.chunks(512) {
-            let names: Vec<String> = chunk.iter().map(|c| live_name(c, &raw)).collect();
-            match client.subscribe(names).await {
+            match subscribe(&client, chunk, &raw, shared.sharded, &mut owners).await {
                 Ok(()) => subscribed.extend(chunk.iter().cloned()),
                 Err(error) => {
                     failure = Some(error.to_string());
                     break;
                 }
+            }
+        }
+        if let Some(state) = slot_map {
+            if follow_moved_slots(&client, &state, &subscribed, &raw, &mut owners, &reader, &shared)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
         // Only for channels still subscribed: a baseline after the channel's last
@@ -259,8 +282,7 @@ async fn interest_loop(
             }
         }
         if !to_unsubscribe.is_empty() {
-            let names: Vec<String> = to_unsubscribe.iter().map(|c| live_name(c, &raw)).collect();
-            if let Err(error) = client.unsubscribe(names).await {
+            if let Err(error) = unsubscribe(&client, &to_unsubscribe, &raw, shared.sharded).await {
                 // A broken connection drops every subscription anyway; resync subscribes
                 // only channels that still have local subscribers.
                 tracing::debug!(%error, "unsubscribe failed");
@@ -283,6 +305,104 @@ async fn interest_loop(
             let _ = tx.send(result);
         }
     }
+}
+
+/// Subscribes `channels` (Switchboard names; the node's own `raw` channels as they are):
+/// one `SUBSCRIBE`, or on a Redis Cluster one `SSUBSCRIBE` per slot for live channels,
+/// recording each slot's owner.
+async fn subscribe(
+    client: &SubscriberClient,
+    channels: &[String],
+    raw: &[String],
+    sharded: bool,
+    owners: &mut HashMap<u16, Server>,
+) -> Result<(), fred::error::Error> {
+    let (classic, live): (Vec<String>, Vec<String>) =
+        channels.iter().cloned().partition(|channel| !sharded || raw.contains(channel));
+    if !classic.is_empty() {
+        client.subscribe(classic.iter().map(|c| live_name(c, raw)).collect::<Vec<_>>()).await?;
+    }
+    let live = live.into_iter().map(|channel| {
+        let name = keys::live(&channel);
+        (channel, name)
+    });
+    for (slot, group) in sharded::by_slot(live.collect()) {
+        client.ssubscribe(group.into_iter().map(|(_, name)| name).collect::<Vec<_>>()).await?;
+        if let Some(owner) = sharded::owner(client, slot) {
+            owners.insert(slot, owner);
+        }
+    }
+    Ok(())
+}
+
+/// The counterpart of [`subscribe`].
+async fn unsubscribe(
+    client: &SubscriberClient,
+    channels: &[String],
+    raw: &[String],
+    sharded: bool,
+) -> Result<(), fred::error::Error> {
+    let (classic, live): (Vec<String>, Vec<String>) =
+        channels.iter().cloned().partition(|channel| !sharded || raw.contains(channel));
+    if !classic.is_empty() {
+        client.unsubscribe(classic.iter().map(|c| live_name(c, raw)).collect::<Vec<_>>()).await?;
+    }
+    let live = live.into_iter().map(|channel| {
+        let name = keys::live(&channel);
+        (channel, name)
+    });
+    for (_, group) in sharded::by_slot(live.collect()) {
+        client.sunsubscribe(group.into_iter().map(|(_, name)| name).collect::<Vec<_>>()).await?;
+    }
+    Ok(())
+}
+
+/// Redis Cluster: subscribes again, at their new owner, the channels of every slot that
+/// moved since it was subscribed, and has the reader catch them up. A failed subscribe
+/// keeps the slot's old owner, so the next slot map retries it. `Err` when the reader
+/// stopped.
+async fn follow_moved_slots(
+    client: &SubscriberClient,
+    state: &ClusterRouting,
+    subscribed: &HashSet<String>,
+    raw: &[String],
+    owners: &mut HashMap<u16, Server>,
+    reader: &mpsc::Sender<ReaderCommand>,
+    shared: &RedisShared,
+) -> Result<(), ()> {
+    let moved = sharded::moved(owners, state);
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let channels: Vec<String> = subscribed
+        .iter()
+        .filter(|channel| !raw.contains(channel) && moved.contains(&sharded::slot(&keys::live(channel))))
+        .cloned()
+        .collect();
+    for slot in &moved {
+        if !channels.iter().any(|channel| sharded::slot(&keys::live(channel)) == *slot) {
+            owners.remove(slot);
+        }
+    }
+    if channels.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(slots = moved.len(), channels = channels.len(), "cluster slots moved: following them");
+    let mut followed = Vec::new();
+    for chunk in channels.chunks(512) {
+        match subscribe(client, chunk, raw, true, owners).await {
+            Ok(()) => followed.extend(chunk.iter().cloned()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe channels of a moved slot; retrying at the next check");
+                break;
+            }
+        }
+    }
+    shared.metrics.broker_slot_moves.inc_by(followed.len() as u64);
+    if followed.is_empty() {
+        return Ok(());
+    }
+    reader.send(ReaderCommand::CatchUp(followed)).await.map_err(|_| ())
 }
 
 /// The Redis pub/sub channel for a Switchboard channel (the node's own probe and RPC reply
