@@ -26,6 +26,9 @@ enum Scenario {
     Floor(scenarios::floor::Floor),
     /// Redis's own CPU per `FCALL sb_publish`, pipelined over many channels.
     RedisPublish(scenarios::redis_publish::RedisPublish),
+    /// Redis's own CPU per publication with cross-node fan-out: one server, or a Redis
+    /// Cluster with sharded or classic pub/sub.
+    RedisShards(scenarios::redis_shards::RedisShards),
     /// Round trips through an RPC route (stream workers or an HTTP endpoint).
     Rpc(scenarios::rpc::Rpc),
     /// Churn for a while: gateway RSS, descriptors, tasks and Redis keys before and after.
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Soak(s) => ("soak", scenarios::soak::run(s).await?),
         Scenario::Rpc(s) => ("rpc", scenarios::rpc::run(s).await?),
         Scenario::RedisPublish(s) => ("redis-publish", scenarios::redis_publish::run(s).await?),
+        Scenario::RedisShards(s) => ("redis-shards", scenarios::redis_shards::run(s).await?),
     };
     report(name, &result);
     Ok(())

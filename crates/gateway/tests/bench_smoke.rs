@@ -313,6 +313,8 @@ async fn rpc_runs_through_the_stream_and_http_routes() {
 async fn redis_publish_measures_redis_cpu_per_publication() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start(Persistence::None);
+    let replica = RedisServer::start_replica_of(&redis);
+    fixture::eventually("the replica is online", || async { redis.replicas() == 1 }).await;
     let report = scenarios::redis_publish::run(scenarios::redis_publish::RedisPublish {
         redis: redis.url(),
         channels: 10,
@@ -320,15 +322,49 @@ async fn redis_publish_measures_redis_cpu_per_publication() {
         batch: 50,
         payload: 20,
         history: 30,
+        hold: 1,
     })
     .await
     .unwrap();
-    for variant in ["unchecked", "checked"] {
+    drop(replica);
+    for variant in ["unchecked", "checked", "held"] {
         let result = &report["results"][variant];
         assert!(result["redis_cpu_us_per_publication"].as_f64().is_some_and(|us| us >= 0.0), "{report}");
         assert!(result["publications_per_second"].as_f64().unwrap() > 0.0, "{report}");
     }
-    // 8 000 publications over 10 channels, every stream trimmed to the history size.
+    // 12 000 publications over 10 channels, every stream trimmed to the history size;
+    // the held ones were all committed.
     assert_eq!(redis.cli(&["XLEN", "sb:{bench:redis-3}:stream"]).trim(), "30");
-    assert_eq!(redis.cli(&["HGET", "sb:{bench:redis-3}:meta", "offset"]).trim(), "800");
+    assert_eq!(redis.cli(&["HGET", "sb:{bench:redis-3}:meta", "offset"]).trim(), "1200");
+    assert_eq!(redis.cli(&["HGET", "sb:{bench:redis-3}:meta", "c"]).trim(), "1200");
+}
+
+/// The redis-shards scenario on a 3-primary cluster, sharded and classic: every
+/// delivery arrives, and each primary reports its CPU per publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_shards_measures_each_primary() {
+    use scenarios::redis_shards::{PubSub, RedisShards};
+    let _serial = SERIAL.lock().await;
+    let cluster = switchboard_testkit::cluster::RedisCluster::start(3, 0);
+    for (pubsub, store) in [(PubSub::Sharded, true), (PubSub::Sharded, false), (PubSub::Classic, false)] {
+        let report = scenarios::redis_shards::run(RedisShards {
+            redis: cluster.url(),
+            pubsub,
+            store,
+            nodes: 2,
+            channels: 30,
+            publications: 3_000,
+            batch: 50,
+            payload: 20,
+        })
+        .await
+        .unwrap();
+        assert_eq!(report["servers"], 3, "{report}");
+        assert_eq!(
+            (report["deliveries"].as_u64(), report["lost"].as_u64()),
+            (Some(6_000), Some(0)),
+            "{report}"
+        );
+        assert!(report["busiest_server_us_per_publication"].as_f64().is_some_and(|us| us > 0.0), "{report}");
+    }
 }

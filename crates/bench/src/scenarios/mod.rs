@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod floor;
 pub mod idle;
 pub mod redis_publish;
+pub mod redis_shards;
 pub mod rooms;
 pub mod rpc;
 pub mod soak;

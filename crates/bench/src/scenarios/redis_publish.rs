@@ -5,7 +5,9 @@
 //! one Redis saturates (docs/redis.md §3.1, docs/BENCHMARKS.md).
 //!
 //! Runs the function as services call it (the body decoded and checked in Lua) and as
-//! gateways and the publisher crate call it (`checked`), on the same channels.
+//! gateways and the publisher crate call it (`checked`), on the same channels; with
+//! `--hold`, also as `broker.ack_replicas` has them do it (`checked+hold`, one `WAIT` per
+//! batch, then `sb_commit` of each), docs/redis.md §4.11.
 
 use clap::Args;
 use serde_json::{json, Value};
@@ -32,6 +34,18 @@ pub struct RedisPublish {
     /// History size passed to the function (streams trimmed to it).
     #[arg(long, default_value_t = 100)]
     pub history: u32,
+    /// Also measure held publishing: `WAIT <hold>` replicas per batch, then `sb_commit`
+    /// (the Redis needs that many replicas). 0: skip.
+    #[arg(long, default_value_t = 0)]
+    pub hold: u32,
+}
+
+/// How a variant calls the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Unchecked,
+    Checked,
+    Held,
 }
 
 /// Runs the scenario.
@@ -49,12 +63,16 @@ pub async fn run(settings: RedisPublish) -> anyhow::Result<Value> {
         .await?;
     let body = json!({"event": "bench", "data": {"p": "x".repeat(settings.payload)}}).to_string();
     let mut results = serde_json::Map::new();
-    for (label, checked) in [("unchecked", false), ("checked", true)] {
+    let mut variants = vec![("unchecked", Variant::Unchecked), ("checked", Variant::Checked)];
+    if settings.hold > 0 {
+        variants.push(("held", Variant::Held));
+    }
+    for (label, variant) in variants {
         // A warm-up pass fills the streams to their trimmed size, as in steady state.
-        publish_all(&mut connection, &settings, &body, checked).await?;
+        publish_all(&mut connection, &settings, &body, variant).await?;
         let before = redis_cpu(&mut connection).await?;
         let started = std::time::Instant::now();
-        publish_all(&mut connection, &settings, &body, checked).await?;
+        publish_all(&mut connection, &settings, &body, variant).await?;
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = redis_cpu(&mut connection).await? - before;
         let per = cpu * 1e6 / settings.publications as f64;
@@ -81,12 +99,13 @@ async fn publish_all(
     connection: &mut redis::aio::MultiplexedConnection,
     settings: &RedisPublish,
     body: &str,
-    checked: bool,
+    variant: Variant,
 ) -> anyhow::Result<()> {
     let mut sent = 0;
     while sent < settings.publications {
         let mut pipeline = redis::pipe();
-        for n in sent..(sent + settings.batch).min(settings.publications) {
+        let batch: Vec<usize> = (sent..(sent + settings.batch).min(settings.publications)).collect();
+        for &n in &batch {
             let channel = format!("bench:redis-{}", n % settings.channels.max(1));
             let call = pipeline
                 .cmd("FCALL")
@@ -99,19 +118,44 @@ async fn publish_all(
                 .arg(settings.history)
                 .arg(300_000)
                 .arg(86_400_000);
-            if checked {
-                call.arg(300_000).arg("checked");
-            }
-            call.ignore();
+            match variant {
+                Variant::Unchecked => call.ignore(),
+                Variant::Checked => call.arg(300_000).arg("checked").ignore(),
+                Variant::Held => call.arg(300_000).arg("checked+hold"),
+            };
         }
-        let _: () = pipeline.query_async(connection).await?;
+        if variant == Variant::Held {
+            pipeline.cmd("WAIT").arg(settings.hold).arg(1000);
+            let mut replies: Vec<redis::Value> = pipeline.query_async(connection).await?;
+            let acknowledged: i64 = redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil))?;
+            anyhow::ensure!(acknowledged >= i64::from(settings.hold), "{acknowledged} replicas acknowledged");
+            let mut commits = redis::pipe();
+            for (&n, reply) in batch.iter().zip(replies) {
+                let channel = format!("bench:redis-{}", n % settings.channels.max(1));
+                let (offset, epoch, _, envelope): (u64, String, u8, String) = redis::from_redis_value(reply)?;
+                commits
+                    .cmd("FCALL")
+                    .arg("sb_commit")
+                    .arg(2)
+                    .arg(keys::stream(&channel))
+                    .arg(keys::meta(&channel))
+                    .arg(keys::live(&channel))
+                    .arg(epoch)
+                    .arg(offset)
+                    .arg(envelope)
+                    .ignore();
+            }
+            let _: () = commits.query_async(connection).await?;
+        } else {
+            let _: () = pipeline.query_async(connection).await?;
+        }
         sent += settings.batch;
     }
     Ok(())
 }
 
 /// Redis's CPU seconds so far (user + system).
-async fn redis_cpu(connection: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+pub(crate) async fn redis_cpu(connection: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(connection).await?;
     let field = |name: &str| {
         info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
