@@ -188,6 +188,10 @@ pub struct BrokerConfig {
     /// `unavailable` (retry with the same idempotency key), in milliseconds. Must be
     /// below `command_timeout_ms`. Default 1000.
     pub ack_replicas_timeout_ms: u64,
+    /// Connections a node holds publications through when `ack_replicas` > 0: `WAIT`
+    /// blocks its connection, so a node's held publishes run this many at a time.
+    /// Default 4.
+    pub ack_replicas_connections: u32,
 }
 
 impl BrokerConfig {
@@ -238,6 +242,7 @@ impl Default for BrokerConfig {
             unpublished_stream_ttl_secs: 600,
             ack_replicas: 0,
             ack_replicas_timeout_ms: 1_000,
+            ack_replicas_connections: 4,
         }
     }
 }

@@ -125,6 +125,23 @@ async fn sharded_pubsub_delivers_across_primaries_and_nodes() {
         assert_eq!(classic.lines().nth(1), Some("0"), "primary {primary}: {classic}");
     }
 
+    // The HTTP API lists the channels with subscribers on any node, asking each primary.
+    let bearer = format!("Bearer {}", fixture::cluster::API_KEY);
+    let (status, body) = switchboard_testkit::http(
+        nodes[1].addr(),
+        "GET",
+        "/api/v1/channels",
+        &[("Authorization", bearer.as_str())],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed: BTreeSet<&str> =
+        listed["channels"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for channel in &channels {
+        assert!(listed.contains(channel.as_str()), "{channel} missing from {listed:?}");
+    }
+
     // Recovery on another node.
     let mut back = connect_url(&nodes[2].ws_url(), "away", Encoding::Json).await;
     let recover = json!({"offset": position["offset"], "epoch": position["epoch"]});

@@ -210,11 +210,11 @@ impl RedisBroker {
         let client = builder(COMMAND_BROADCAST_CAPACITY).build()?;
         let pubsub: SubscriberClient = builder(SUBSCRIBER_BROADCAST_CAPACITY).build_subscriber_client()?;
         let first = first_outcome(&client);
-        let replicated = replicated::Replicated::new(
-            builder(COMMAND_BROADCAST_CAPACITY).build()?,
-            config.ack_replicas,
-            config.ack_replicas_timeout_ms,
-        );
+        let lanes = if config.ack_replicas > 0 { config.ack_replicas_connections.max(1) } else { 0 };
+        let clients =
+            (0..lanes).map(|_| builder(COMMAND_BROADCAST_CAPACITY).build()).collect::<Result<_, _>>()?;
+        let replicated =
+            replicated::Replicated::new(clients, config.ack_replicas, config.ack_replicas_timeout_ms);
         let shared = Arc::new(RedisShared {
             command_link_down: link_down(&client),
             pubsub_link_down: link_down(&pubsub),

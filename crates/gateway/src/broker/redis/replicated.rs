@@ -11,24 +11,35 @@
 //! takes back an offset anyone saw.
 //!
 //! `WAIT` counts the writes of the connection it runs on and blocks that connection, so
-//! held publishes have a connection of their own: reads, presence and joins on the
-//! command connection never queue behind a replica's acknowledgement. On a Redis Cluster
+//! held publishes have connections of their own (`broker.ack_replicas_connections`, taken
+//! in turn; one publish's `sb_publish` and `WAIT` go on the same one): reads, presence and
+//! joins on the command connection never queue behind a replica's acknowledgement, and
+//! held publishes do not all queue behind one another. On a Redis Cluster
 //! that is one connection per primary, and the `WAIT` goes to the primary that owns the
 //! channel's slot, where the publication was written.
 
-use std::sync::{atomic::AtomicBool, Arc};
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
 
 use fred::prelude::*;
 
 use super::{integer, RedisShared};
 use crate::broker::BrokerError;
 
-/// The held-publish connection and its settings.
+/// The held-publish connections and their settings.
 pub(super) struct Replicated {
-    client: Client,
-    link_down: Arc<AtomicBool>,
+    lanes: Vec<Lane>,
+    next: AtomicUsize,
     replicas: i64,
     timeout_ms: i64,
+}
+
+/// One held-publish connection.
+struct Lane {
+    client: Client,
+    link_down: Arc<AtomicBool>,
 }
 
 /// What a held publish returned: the position, and the envelope to commit (none when an
@@ -40,18 +51,23 @@ struct Held {
 }
 
 impl Replicated {
-    /// Builds the connection (connected by [`Replicated::connect`]) when `replicas` > 0.
-    pub(super) fn new(client: Client, replicas: u32, timeout_ms: u64) -> Option<Self> {
-        (replicas > 0).then(|| Replicated {
-            link_down: super::link_down(&client),
-            client,
+    /// Takes the connections (connected by [`Replicated::connect`]) when `replicas` > 0.
+    pub(super) fn new(clients: Vec<Client>, replicas: u32, timeout_ms: u64) -> Option<Self> {
+        (replicas > 0 && !clients.is_empty()).then(|| Replicated {
+            lanes: clients
+                .into_iter()
+                .map(|client| Lane { link_down: super::link_down(&client), client })
+                .collect(),
+            next: AtomicUsize::new(0),
             replicas: i64::from(replicas),
             timeout_ms: i64::try_from(timeout_ms).unwrap_or(i64::MAX),
         })
     }
 
     pub(super) fn connect(&self) {
-        self.client.connect();
+        for lane in &self.lanes {
+            lane.client.connect();
+        }
     }
 
     /// Stores the publication held, waits for the replicas, commits it. `keys` and `args`
@@ -67,23 +83,24 @@ impl Replicated {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<(u64, String), BrokerError> {
-        if self.link_down.load(std::sync::atomic::Ordering::Acquire) || !self.client.is_connected() {
+        let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
+        if lane.link_down.load(Ordering::Acquire) || !lane.client.is_connected() {
             return Err(BrokerError::Unavailable("the connection to Redis is down".into()));
         }
         let (stream, meta, live) = (keys[0].clone(), keys[1].clone(), args[0].clone());
-        let held = parse(shared.fcall_on(&self.client, "sb_publish", keys, args).await?)?;
+        let held = parse(shared.fcall_on(&lane.client, "sb_publish", keys, args).await?)?;
         let Some(envelope) = held.envelope else {
             return Ok((held.offset, held.epoch));
         };
         let acknowledged: i64 = if shared.sharded {
             let slot = fred::util::redis_keyslot(stream.as_bytes());
-            let owner = self.client.cached_cluster_state().and_then(|state| state.get_server(slot).cloned());
+            let owner = lane.client.cached_cluster_state().and_then(|state| state.get_server(slot).cloned());
             let Some(owner) = owner else {
                 return Err(BrokerError::Unavailable(format!("no primary known for slot {slot}")));
             };
-            self.client.with_cluster_node(owner).wait(self.replicas, self.timeout_ms).await?
+            lane.client.with_cluster_node(owner).wait(self.replicas, self.timeout_ms).await?
         } else {
-            self.client.wait(self.replicas, self.timeout_ms).await?
+            lane.client.wait(self.replicas, self.timeout_ms).await?
         };
         if acknowledged < self.replicas {
             shared.metrics.broker_replica_wait_failures.inc();

@@ -12,8 +12,9 @@
 //!   interest task remembers which primary owned each slot when it subscribed, and a
 //!   watcher re-reads the cluster's slot map every [`WATCH_INTERVAL`]: channels of a slot
 //!   whose owner changed are subscribed again (at the new owner) and caught up from their
-//!   streams, as after a reconnect. Nothing is lost; live delivery of those channels
-//!   pauses until the next check.
+//!   streams, as after a reconnect. No stored publication is lost; live delivery of
+//!   those channels pauses until the next check (their ephemeral publications and
+//!   join/leave events of that window are lost).
 
 use std::{
     collections::{BTreeMap, HashMap},
