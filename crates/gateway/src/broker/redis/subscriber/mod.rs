@@ -31,7 +31,7 @@ mod reader;
 mod sharded;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -307,9 +307,17 @@ async fn interest_loop(
     }
 }
 
-/// Subscribes `channels` (Switchboard names; the node's own `raw` channels as they are):
-/// one `SUBSCRIBE`, or on a Redis Cluster one `SSUBSCRIBE` per slot for live channels,
-/// recording each slot's owner.
+/// The pub/sub names of `channels` (Switchboard names; the node's own `raw` channels as
+/// they are): those for `SUBSCRIBE`, and on a Redis Cluster the live channels grouped by
+/// slot, for one `SSUBSCRIBE` each.
+fn route(channels: &[String], raw: &[String], sharded: bool) -> (Vec<String>, BTreeMap<u16, Vec<String>>) {
+    let (classic, live): (Vec<&String>, Vec<&String>) =
+        channels.iter().partition(|channel| !sharded || raw.contains(channel));
+    let classic = classic.into_iter().map(|channel| live_name(channel, raw)).collect();
+    (classic, sharded::by_slot(live.into_iter().map(|channel| keys::live(channel))))
+}
+
+/// Subscribes `channels` (see [`route`]), recording each subscribed slot's owner.
 async fn subscribe(
     client: &SubscriberClient,
     channels: &[String],
@@ -317,17 +325,12 @@ async fn subscribe(
     sharded: bool,
     owners: &mut HashMap<u16, Server>,
 ) -> Result<(), fred::error::Error> {
-    let (classic, live): (Vec<String>, Vec<String>) =
-        channels.iter().cloned().partition(|channel| !sharded || raw.contains(channel));
+    let (classic, by_slot) = route(channels, raw, sharded);
     if !classic.is_empty() {
-        client.subscribe(classic.iter().map(|c| live_name(c, raw)).collect::<Vec<_>>()).await?;
+        client.subscribe(classic).await?;
     }
-    let live = live.into_iter().map(|channel| {
-        let name = keys::live(&channel);
-        (channel, name)
-    });
-    for (slot, group) in sharded::by_slot(live.collect()) {
-        client.ssubscribe(group.into_iter().map(|(_, name)| name).collect::<Vec<_>>()).await?;
+    for (slot, names) in by_slot {
+        client.ssubscribe(names).await?;
         if let Some(owner) = sharded::owner(client, slot) {
             owners.insert(slot, owner);
         }
@@ -342,17 +345,12 @@ async fn unsubscribe(
     raw: &[String],
     sharded: bool,
 ) -> Result<(), fred::error::Error> {
-    let (classic, live): (Vec<String>, Vec<String>) =
-        channels.iter().cloned().partition(|channel| !sharded || raw.contains(channel));
+    let (classic, by_slot) = route(channels, raw, sharded);
     if !classic.is_empty() {
-        client.unsubscribe(classic.iter().map(|c| live_name(c, raw)).collect::<Vec<_>>()).await?;
+        client.unsubscribe(classic).await?;
     }
-    let live = live.into_iter().map(|channel| {
-        let name = keys::live(&channel);
-        (channel, name)
-    });
-    for (_, group) in sharded::by_slot(live.collect()) {
-        client.sunsubscribe(group.into_iter().map(|(_, name)| name).collect::<Vec<_>>()).await?;
+    for names in by_slot.into_values() {
+        client.sunsubscribe(names).await?;
     }
     Ok(())
 }

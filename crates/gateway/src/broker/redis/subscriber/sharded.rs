@@ -38,11 +38,11 @@ pub(super) fn slot(name: &str) -> u16 {
     fred::util::redis_keyslot(name.as_bytes())
 }
 
-/// `names` grouped by slot, for one `SSUBSCRIBE`/`SUNSUBSCRIBE` each.
-pub(super) fn by_slot(names: Vec<(String, String)>) -> BTreeMap<u16, Vec<(String, String)>> {
-    let mut groups: BTreeMap<u16, Vec<(String, String)>> = BTreeMap::new();
-    for (channel, name) in names {
-        groups.entry(slot(&name)).or_default().push((channel, name));
+/// Pub/sub `names` grouped by slot, for one `SSUBSCRIBE`/`SUNSUBSCRIBE` each.
+pub(super) fn by_slot(names: impl Iterator<Item = String>) -> BTreeMap<u16, Vec<String>> {
+    let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for name in names {
+        groups.entry(slot(&name)).or_default().push(name);
     }
     groups
 }
