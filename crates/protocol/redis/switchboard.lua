@@ -22,14 +22,21 @@ end
 -- publish ephemeral publications rely on). Found out on first use, since a library
 -- cannot call Redis while it loads; a server changes mode only by restarting, which
 -- loads the library again.
+-- A caller whose ACL refuses CLUSTER MYID cannot tell: its call publishes classically
+-- and nothing is remembered, so it cannot decide for every later caller.
 local live_command = nil
 
 local function publish_live(channel, message)
-  if not live_command then
+  local command = live_command
+  if not command then
     local reply = redis.pcall('CLUSTER', 'MYID')
-    live_command = (type(reply) == 'table' and reply['err']) and 'PUBLISH' or 'SPUBLISH'
+    local refused = type(reply) == 'table' and reply['err']
+    command = refused and 'PUBLISH' or 'SPUBLISH'
+    if not refused or not string.find(refused, 'NOPERM', 1, true) then
+      live_command = command
+    end
   end
-  return redis.call(live_command, channel, message)
+  return redis.call(command, channel, message)
 end
 
 local function now_ms()
