@@ -54,7 +54,7 @@ enum Variant {
 /// When Redis cannot be reached or refuses the library.
 pub async fn run(settings: RedisPublish) -> anyhow::Result<Value> {
     let client = redis::Client::open(settings.redis.as_str())?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut connection = client.get_multiplexed_async_connection_with_config(&patient()).await?;
     let _: () = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
@@ -161,4 +161,11 @@ pub(crate) async fn redis_cpu(connection: &mut redis::aio::MultiplexedConnection
         info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
     };
     Ok(field("used_cpu_user").unwrap_or(0.0) + field("used_cpu_sys").unwrap_or(0.0))
+}
+
+/// A connection config whose commands may wait 10 s: a pipeline of 100 calls, or a
+/// `WAIT` of up to 1 s with `--hold`, can outlast the redis crate's default 500 ms on a
+/// loaded machine.
+pub(crate) fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::redis_publish::redis_cpu;
+use super::redis_publish::{patient, redis_cpu};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ pub async fn run(mut settings: RedisShards) -> anyhow::Result<Value> {
         let client = redis::Client::open(format!("redis://{address}"))?;
         servers.push(Primary {
             address: address.clone(),
-            connection: client.get_multiplexed_async_connection().await?,
+            connection: client.get_multiplexed_async_connection_with_config(&patient()).await?,
         });
     }
     if settings.store {
@@ -185,8 +185,9 @@ fn seeds(url: &str) -> anyhow::Result<Vec<String>> {
 
 /// The cluster's primaries (`host:port`), from `CLUSTER SLOTS` on `seed`.
 async fn primaries(seed: &str) -> anyhow::Result<Vec<String>> {
-    let mut connection =
-        redis::Client::open(format!("redis://{seed}"))?.get_multiplexed_async_connection().await?;
+    let mut connection = redis::Client::open(format!("redis://{seed}"))?
+        .get_multiplexed_async_connection_with_config(&patient())
+        .await?;
     let slots: Vec<Value> = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async::<redis::Value>(&mut connection)
