@@ -367,6 +367,12 @@ pub struct LimitsConfig {
     /// at most `outbound_wait_ms`: a node publishing faster than it can write slows its
     /// publishers down instead of closing its subscribers as slow consumers. Default 262144.
     pub fanout_backlog_frames: usize,
+    /// While the node is behind on its fan-out (a flusher round took at least 1 ms, its
+    /// writes carried a quarter more frames than writes, and frames are waiting again),
+    /// each flusher starts its next round this long after the previous one began, so every
+    /// socket gets that window's publications in one write; a node that keeps up writes at
+    /// once. 0 disables it. In milliseconds. Default 10.
+    pub write_coalesce_ms: u64,
     /// Allowed `Origin` header values for browser connections; `*` allows any. Requests
     /// without an `Origin` header (non-browser clients) are always allowed. A refused
     /// origin gets HTTP 403. Default `["*"]`.
@@ -405,6 +411,7 @@ impl Default for LimitsConfig {
             outbound_queue_bytes: 1 << 20,
             outbound_queue_frames: 4096,
             fanout_backlog_frames: 262_144,
+            write_coalesce_ms: 10,
             outbound_wait_ms: 10_000,
             allowed_origins: vec!["*".into()],
             max_channel_length: 255,

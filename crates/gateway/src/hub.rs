@@ -337,6 +337,11 @@ impl Subscriber {
                     if offset <= *last {
                         return false;
                     }
+                    // Adopt the stream's own `Arc`: the next delivery compares pointers,
+                    // not strings (the told epoch was copied from a history read).
+                    if !Arc::ptr_eq(told, epoch) {
+                        *told = epoch.clone();
+                    }
                     *last = offset;
                     Epoch::Omit
                 }

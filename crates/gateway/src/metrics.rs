@@ -29,6 +29,9 @@ pub struct Metrics {
     pub messages_out: IntCounter,
     /// Bytes written to clients.
     pub bytes_out: IntCounter,
+    /// Writes to client sockets that took at least one whole frame: `messages_out` over
+    /// this is how many frames each system call carried (coalescing).
+    pub socket_writes: IntCounter,
     /// Publications accepted by this node's publish paths.
     pub publications: IntCounter,
     /// Frames handed to local subscriber queues by the hub.
@@ -174,6 +177,10 @@ impl Metrics {
             bytes_in: counter("bytes_in_total", "Bytes received from clients"),
             messages_out: counter("messages_out_total", "Frames written to clients"),
             bytes_out: counter("bytes_out_total", "Bytes written to clients"),
+            socket_writes: counter(
+                "socket_writes_total",
+                "Writes to client sockets that completed at least one frame (frames per write = messages_out_total / this)",
+            ),
             publications: counter("publications_total", "Publications accepted by this node"),
             deliveries: counter("deliveries_total", "Frames queued to local subscribers by the hub"),
             publish_to_write,

@@ -90,6 +90,7 @@ impl Node {
         let verifier = Verifier::from_config(&config.auth)?;
         let metrics = Arc::new(Metrics::new());
         let backlog = Arc::new(Backlog::new(config.limits.fanout_backlog_frames));
+        let coalesce = Duration::from_millis(config.limits.write_coalesce_ms);
         let hub = Arc::new(Hub::new(metrics.clone(), config.limits.outbound_queue_frames, backlog.clone()));
         let rules = Arc::new(ChannelRules::new(&config.namespaces, config.limits.max_channel_length));
         let id = config.node.name.clone().unwrap_or_else(random_node_id);
@@ -133,7 +134,11 @@ impl Node {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            flushers: Flushers::start(tokio::runtime::Handle::current().metrics().num_workers(), &backlog),
+            flushers: Flushers::start(
+                tokio::runtime::Handle::current().metrics().num_workers(),
+                &backlog,
+                coalesce,
+            ),
             backlog,
             polling: Default::default(),
             draining: AtomicBool::new(false),

@@ -224,20 +224,26 @@ async fn fanout_and_failover_run_on_a_redis_cluster() {
     assert_eq!(failover["not_recovered"], 0, "{failover}");
 }
 
-/// The kernel floor needs no gateway; it must still report both costs.
+/// The kernel floor needs no gateway; it must still report both costs, with each way of
+/// writing a delivery.
 #[tokio::test]
 async fn floor_measures_delivery_and_connection_costs() {
-    let floor = scenarios::floor::run(scenarios::floor::Floor {
-        sockets: 50,
-        frame_bytes: 190,
-        rounds: 4,
-        connections: 50,
-        fanout_to: 10_000,
-    })
-    .await
-    .unwrap();
-    assert!(floor["delivery"]["cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{floor}");
-    assert!(floor["connection"]["cpu_us_per_connection"].as_f64().unwrap() > 0.0, "{floor}");
+    use scenarios::floor::Syscall;
+    for syscall in [Syscall::Write, Syscall::Writev, Syscall::Sendmsg] {
+        let floor = scenarios::floor::run(scenarios::floor::Floor {
+            sockets: 50,
+            frame_bytes: 190,
+            rounds: 4,
+            connections: 50,
+            fanout_to: 10_000,
+            syscall,
+        })
+        .await
+        .unwrap();
+        assert!(floor["delivery"]["cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{floor}");
+        assert!(floor["connection"]["cpu_us_per_connection"].as_f64().unwrap() > 0.0, "{floor}");
+        assert_eq!(floor["delivery"]["syscall"], format!("{syscall:?}").to_lowercase(), "{floor}");
+    }
 }
 
 /// The soak scenario against one node over Redis: lifetimes complete, malformed frames

@@ -45,6 +45,32 @@ pub struct Floor {
     /// Subscribers to extrapolate one publication's fan-out time to (the fanout target's 10 000).
     #[arg(long, default_value_t = 10_000)]
     pub fanout_to: usize,
+    /// The system call each delivery is written with: the gateway's flushers use
+    /// `sendmsg`; `write` is the figure recorded before they did.
+    #[arg(long, value_enum, default_value_t = Syscall::Write)]
+    pub syscall: Syscall,
+}
+
+/// A way to put a frame on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Syscall {
+    /// `write(2)`.
+    Write,
+    /// `writev(2)` with one `iovec` (the file layer's vectored path).
+    Writev,
+    /// `sendmsg(2)` with one `iovec` (the socket layer directly).
+    Sendmsg,
+}
+
+/// Writes all of `frame` to `socket` with `syscall`.
+fn send(socket: &mut TcpStream, frame: &[u8], syscall: Syscall) -> std::io::Result<()> {
+    let slices = [std::io::IoSlice::new(frame)];
+    let written = match syscall {
+        Syscall::Write => return socket.write_all(frame),
+        Syscall::Writev => socket.write_vectored(&slices)?,
+        Syscall::Sendmsg => socket2::SockRef::from(&*socket).send_vectored(&slices)?,
+    };
+    socket.write_all(&frame[written..])
 }
 
 /// Frame sizes of a Switchboard connection: upgrade request, upgrade response, `connect`
@@ -70,6 +96,7 @@ fn measure(settings: &Floor) -> anyhow::Result<Value> {
         "delivery": {
             "sockets": settings.sockets,
             "frame_bytes": settings.frame_bytes,
+            "syscall": format!("{:?}", settings.syscall).to_lowercase(),
             "rounds": settings.rounds,
             "write_us": round2(delivery.write_us),
             "read_us": round2(delivery.read_us),
@@ -108,7 +135,7 @@ fn deliveries(settings: &Floor) -> anyhow::Result<Cost> {
     for _ in 0..settings.rounds {
         let started = Instant::now();
         for (server, _) in &mut pairs {
-            server.write_all(&frame)?;
+            send(server, &frame, settings.syscall)?;
         }
         let written = Instant::now();
         for (_, client) in &mut pairs {

@@ -53,13 +53,18 @@ impl SocketWriter {
     /// One non-blocking `writev` of the frames at the front of `shared`'s queue; `batch`
     /// is scratch space, empty on return. The caller must own the socket.
     pub(crate) fn write_some(&self, shared: &Shared, batch: &mut Vec<Outgoing>) -> Progress {
+        self.write_counted(shared, batch).0
+    }
+
+    /// [`SocketWriter::write_some`], with the number of frames the write completed.
+    pub(crate) fn write_counted(&self, shared: &Shared, batch: &mut Vec<Outgoing>) -> (Progress, usize) {
         {
             let mut state = lock(&shared.state);
             let count = state.queue.len().min(MAX_IOVECS);
             batch.extend(state.queue.drain(..count));
         }
         if batch.is_empty() {
-            return Progress::Drained;
+            return (Progress::Drained, 0);
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         for (slice, outgoing) in slices.iter_mut().zip(batch.iter()) {
@@ -75,7 +80,7 @@ impl SocketWriter {
                 });
                 shared.budget.add_permits(held);
                 self.backlog.remove(fanned_out);
-                return Progress::Failed;
+                return (Progress::Failed, 0);
             }
         };
         let mut done = 0;
@@ -104,6 +109,7 @@ impl SocketWriter {
             shared.room.notify_waiters();
             self.backlog.remove(fanned_out);
             self.metrics.messages_out.inc_by(done as u64);
+            self.metrics.socket_writes.inc();
             self.metrics.bytes_out.inc_by(bytes as u64);
         }
         if done == batch.len() {
@@ -114,14 +120,14 @@ impl SocketWriter {
                 // allocation per message) and give a burst's memory back.
                 state.queue.shrink_to(1);
             }
-            return Progress::Drained;
+            return (Progress::Drained, done);
         }
         let mut state = lock(&shared.state);
         for outgoing in batch.drain(done..).rev() {
             state.queue.push_front(outgoing);
         }
         batch.clear();
-        Progress::Blocked
+        (Progress::Blocked, done)
     }
 
     /// Shuts the socket's sending side (FIN after the last frame).
