@@ -195,45 +195,51 @@ async fn serve(
         tracing::debug!(code = %request.code, reason = %request.reason, "closing");
     }
     let grace = Duration::from_millis(node.config.node.shutdown_timeout_ms);
-    match (writer, polling) {
-        (Some(writer), _) => {
-            if tokio::time::timeout(grace, writer).await.is_err() {
-                tracing::warn!("writer did not finish in time");
-            }
-        }
-        (None, Some(polling)) => {
-            // Still polling: the closing packets go to the client's next poll.
-            if let Some(request) = &request {
-                if !request.flush_queue {
-                    outbox.discard();
-                }
-                for frame in writer::final_frames(writer::closing_wire(wire, &control), request) {
-                    outbox.push_final(frame);
-                }
-                // The client may be upgrading right now (it stopped polling after the
-                // probe): then the closing packets go out on its new WebSocket.
-                let upgraded = async {
-                    match &mut input {
-                        Input::Polling(polling) if !polling.handoff.is_terminated() => {
-                            (&mut polling.handoff).await.ok()
-                        }
-                        _ => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = polling.drained() => {}
-                    handoff = upgraded => {
-                        if let Some(Handoff { inbound, write }) = handoff {
-                            drop(inbound);
-                            writer::flush_and_close(outbox.attach(sink(&node, conn, write))).await;
-                        }
-                    }
-                    () = tokio::time::sleep(grace) => tracing::debug!("closing packets not polled in time"),
+    // Boxed too: the close sequence's timers and a polling client's upgrade hand-off
+    // would otherwise size every connection's task, idle ones included (0.35 KiB per
+    // connection when this block was added inline; docs/BENCHMARKS.md).
+    Box::pin(async move {
+        match (writer, polling) {
+            (Some(writer), _) => {
+                if tokio::time::timeout(grace, writer).await.is_err() {
+                    tracing::warn!("writer did not finish in time");
                 }
             }
+            (None, Some(polling)) => {
+                // Still polling: the closing packets go to the client's next poll.
+                if let Some(request) = &request {
+                    if !request.flush_queue {
+                        outbox.discard();
+                    }
+                    for frame in writer::final_frames(writer::closing_wire(wire, &control), request) {
+                        outbox.push_final(frame);
+                    }
+                    // The client may be upgrading right now (it stopped polling after the
+                    // probe): then the closing packets go out on its new WebSocket.
+                    let upgraded = async {
+                        match &mut input {
+                            Input::Polling(polling) if !polling.handoff.is_terminated() => {
+                                (&mut polling.handoff).await.ok()
+                            }
+                            _ => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = polling.drained() => {}
+                        handoff = upgraded => {
+                            if let Some(Handoff { inbound, write }) = handoff {
+                                drop(inbound);
+                                writer::flush_and_close(outbox.attach(sink(&node, conn, write))).await;
+                            }
+                        }
+                        () = tokio::time::sleep(grace) => tracing::debug!("closing packets not polled in time"),
+                    }
+                }
+            }
+            (None, None) => {}
         }
-        (None, None) => {}
-    }
+    })
+    .await;
 }
 
 /// The WebSocket library's limits for what the client sends.
