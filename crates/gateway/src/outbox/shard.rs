@@ -9,8 +9,8 @@
 //! itself sets how much is coalesced, with no timer and no delay when the node is idle.
 //!
 //! **Coalescing under load** (`limits.write_coalesce_ms`). Lag alone gave 4.5 frames per
-//! `sendmsg` in a burst to 1 000 subscribers, and the kernel's per-call work was still
-//! three quarters of the node's CPU. So when a round took at least [`BUSY_ROUND`] (a
+//! write in a burst to 1 000 subscribers, and the kernel's per-call work was still
+//! three quarters of the node's CPU. So when a round took at least `BUSY_ROUND` (a
 //! fan-out to a few hundred sockets), found publications piling up (a quarter more frames
 //! than writes) and frames are already waiting again, the next round starts only
 //! `write_coalesce_ms` after the previous one began: each socket then gets every
@@ -38,7 +38,7 @@ const YIELD_EVERY: usize = 64;
 /// A round at least this long is a large fan-out: if frames are waiting when it ends, the
 /// next round is delayed to coalesce (tokio's timers have millisecond resolution, so a
 /// shorter wait could not be honoured anyway).
-pub const BUSY_ROUND: Duration = Duration::from_millis(1);
+const BUSY_ROUND: Duration = Duration::from_millis(1);
 
 /// One flusher: the connections waiting to be written, and the task's wake-up.
 #[derive(Debug, Default)]
