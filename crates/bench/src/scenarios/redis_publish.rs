@@ -102,18 +102,13 @@ async fn publish_all(
     variant: Variant,
 ) -> anyhow::Result<()> {
     let mut sent = 0;
+    let channel_of = |n: usize| format!("bench:redis-{}", n % settings.channels.max(1));
     while sent < settings.publications {
         let mut pipeline = redis::pipe();
         let batch: Vec<usize> = (sent..(sent + settings.batch).min(settings.publications)).collect();
         for &n in &batch {
-            let channel = format!("bench:redis-{}", n % settings.channels.max(1));
-            let call = pipeline
-                .cmd("FCALL")
-                .arg("sb_publish")
-                .arg(2)
-                .arg(keys::stream(&channel))
-                .arg(keys::meta(&channel))
-                .arg(keys::live(&channel))
+            let channel = channel_of(n);
+            let call = channel_call(&mut pipeline, "sb_publish", &channel)
                 .arg(body)
                 .arg(settings.history)
                 .arg(300_000)
@@ -131,15 +126,9 @@ async fn publish_all(
             anyhow::ensure!(acknowledged >= i64::from(settings.hold), "{acknowledged} replicas acknowledged");
             let mut commits = redis::pipe();
             for (&n, reply) in batch.iter().zip(replies) {
-                let channel = format!("bench:redis-{}", n % settings.channels.max(1));
+                let channel = channel_of(n);
                 let (offset, epoch, _, envelope): (u64, String, u8, String) = redis::from_redis_value(reply)?;
-                commits
-                    .cmd("FCALL")
-                    .arg("sb_commit")
-                    .arg(2)
-                    .arg(keys::stream(&channel))
-                    .arg(keys::meta(&channel))
-                    .arg(keys::live(&channel))
+                channel_call(&mut commits, "sb_commit", &channel)
                     .arg(epoch)
                     .arg(offset)
                     .arg(envelope)
@@ -152,6 +141,23 @@ async fn publish_all(
         sent += settings.batch;
     }
     Ok(())
+}
+
+/// Appends `FCALL <function> 2 <stream> <meta> <live>` for `channel` to `pipeline` (the
+/// keys and first argument every channel Function takes, docs/redis.md); the caller adds
+/// the rest.
+fn channel_call<'a>(
+    pipeline: &'a mut redis::Pipeline,
+    function: &str,
+    channel: &str,
+) -> &'a mut redis::Pipeline {
+    pipeline
+        .cmd("FCALL")
+        .arg(function)
+        .arg(2)
+        .arg(keys::stream(channel))
+        .arg(keys::meta(channel))
+        .arg(keys::live(channel))
 }
 
 /// Redis's CPU seconds so far (user + system).
