@@ -26,7 +26,7 @@ use tokio_tungstenite::{
 /// size before every `read` (128 KiB by default): profiled, that memset and the page
 /// faults behind it were a third of the load generator's CPU in the connect scenario.
 /// 16 KiB still takes a saturated subscriber's burst of ~80 publications per read.
-const READ_BUFFER_BYTES: usize = 16 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// A connected, authenticated WebSocket.
 pub type Socket = WebSocketStream<TcpStream>;

@@ -6,10 +6,12 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 /// Delivery counts and latency of one reader (merged across readers).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Deliveries {
-    /// End-to-end latency (publish to receive), microseconds.
-    pub latency: Histogram<u64>,
+    /// End-to-end latencies (publish to receive, microseconds) not yet in `latency`.
+    pending: Vec<u32>,
+    /// The latencies folded so far; created on the first fold.
+    latency: Option<Histogram<u64>>,
     /// Publications received.
     pub received: u64,
     /// Offsets not received (so far).
@@ -25,17 +27,22 @@ pub struct Deliveries {
 /// Gaps larger than this are counted as missing without remembering each offset.
 const MAX_TRACKED_GAP: u64 = 100_000;
 
-impl Default for Deliveries {
-    fn default() -> Self {
-        Deliveries {
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3)
-                .unwrap_or_else(|_| unreachable!("valid bounds")),
-            received: 0,
-            missing: 0,
-            duplicates: 0,
-            out_of_order: 0,
-            skipped: BTreeSet::new(),
-        }
+/// Latencies a reader keeps in a plain list before folding them into its histogram. A
+/// histogram (1 µs to 60 s at three significant digits) is 17 000 counters, 136 KiB: with
+/// one per reader, each delivery touched a cold line of one of a thousand of them, which
+/// profiled at 4 % of the load generator's CPU at 50 publications/s. A reader of a
+/// typical run (a few thousand deliveries) never folds before the run ends.
+const PENDING_LATENCIES: usize = 16 * 1024;
+
+/// The histogram every latency goes into.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+/// Adds `micros` to `histogram` (values beyond its 60 s bound are not recorded).
+fn add_all(histogram: &mut Histogram<u64>, micros: &[u32]) {
+    for value in micros {
+        let _ = histogram.record(u64::from(*value));
     }
 }
 
@@ -44,7 +51,12 @@ impl Deliveries {
     pub fn record(&mut self, last: &mut u64, offset: u64, sent_micros: u64, now_micros: u64) {
         self.received += 1;
         // Saturating: clocks are one machine's, but never panic on a skew.
-        let _ = self.latency.record(now_micros.saturating_sub(sent_micros).max(1));
+        let micros = now_micros.saturating_sub(sent_micros).max(1);
+        self.pending.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        if self.pending.len() >= PENDING_LATENCIES {
+            add_all(self.latency.get_or_insert_with(new_histogram), &self.pending);
+            self.pending.clear();
+        }
         if offset == *last + 1 {
             *last = offset;
         } else if offset <= *last {
@@ -68,7 +80,11 @@ impl Deliveries {
 
     /// Adds another reader's counts.
     pub fn merge(&mut self, other: &Deliveries) {
-        let _ = self.latency.add(&other.latency);
+        let latency = self.latency.get_or_insert_with(new_histogram);
+        if let Some(histogram) = &other.latency {
+            let _ = latency.add(histogram);
+        }
+        add_all(latency, &other.pending);
         self.received += other.received;
         self.missing += other.missing;
         self.duplicates += other.duplicates;
@@ -77,8 +93,10 @@ impl Deliveries {
 
     /// Latency percentiles in milliseconds.
     pub fn latency_json(&self) -> Value {
-        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
-        json!({"p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": self.latency.max() as f64 / 1000.0})
+        let mut latency = self.latency.clone().unwrap_or_else(new_histogram);
+        add_all(&mut latency, &self.pending);
+        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+        json!({"p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": latency.max() as f64 / 1000.0})
     }
 }
 
@@ -169,5 +187,25 @@ mod tests {
         assert_eq!(deliveries.out_of_order, 3, "3 ahead of 2, 2 late, 6 ahead of 5");
         assert_eq!(deliveries.duplicates, 1, "the second 4");
         assert_eq!(deliveries.missing, 1, "5 never came");
+    }
+
+    #[test]
+    fn latencies_survive_folding_and_merging() {
+        let mut reader = Deliveries::default();
+        let mut last = 0;
+        // More than one fold's worth: 1 ms each, then one slow delivery of 50 ms.
+        let count = PENDING_LATENCIES as u64 + 10;
+        for offset in 1..=count {
+            reader.record(&mut last, offset, 0, 1_000);
+        }
+        reader.record(&mut last, count + 1, 0, 50_000);
+        assert!(reader.latency.is_some(), "the first fold happened");
+        let mut total = Deliveries::default();
+        total.merge(&reader);
+        total.merge(&Deliveries::default());
+        let latency = total.latency_json();
+        assert_eq!(total.received, count + 1);
+        assert_eq!(latency["p50_ms"], 1.0);
+        assert_eq!(latency["max_ms"], 50.015, "50 ms at three significant digits");
     }
 }
