@@ -8,6 +8,7 @@
 //!
 //! This module only describes and loads configuration; it must not act on it.
 
+mod compression;
 mod lifecycle;
 mod rpc;
 mod socketio;
@@ -20,6 +21,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use compression::CompressionConfig;
 pub use lifecycle::LifecycleConfig;
 pub use rpc::{RpcConfig, RpcRoute};
 pub use socketio::{
@@ -61,6 +63,8 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// The Socket.IO endpoint.
     pub socketio: SocketIoConfig,
+    /// WebSocket compression (`permessage-deflate`).
+    pub compression: CompressionConfig,
     /// Channel namespaces; a channel `ns:rest` uses namespace `ns`, a bare name uses `""`.
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -78,6 +82,7 @@ impl Default for Config {
             rpc: RpcConfig::default(),
             lifecycle: LifecycleConfig::default(),
             socketio: SocketIoConfig::default(),
+            compression: CompressionConfig::default(),
             namespaces: NamespaceConfig::defaults(),
         }
     }
@@ -651,6 +656,7 @@ impl Config {
         self.rpc.validate(self.broker.is_redis())?;
         self.lifecycle.validate(self.broker.is_redis())?;
         self.socketio.validate()?;
+        self.compression.validate()?;
         if self.auth.connect_hook && !self.rpc.routes.iter().any(|route| route.matches(CONNECT_HOOK)) {
             return Err(ConfigError::Invalid(format!(
                 "auth.connect_hook is on but no rpc route serves `{CONNECT_HOOK}`"

@@ -202,7 +202,7 @@ fn relay_upgrade(node: &Arc<Node>, address: String, mut request: Request) -> Res
         Ok(upgrade) => upgrade,
         Err(error) => return HttpError::from(error).into_response(),
     };
-    let (response, upgraded) = upgrade.respond(None);
+    let (response, upgraded) = upgrade.respond(None, None);
     let shutdown = node.shutdown.clone();
     node.sessions.spawn(async move {
         let relayed = async {
@@ -302,13 +302,13 @@ fn upgrade_polling(node: &Arc<Node>, sid: &str, mut request: Request) -> Result<
         return Ok(unknown_session());
     };
     let upgrade = Upgrade::accept(&mut request)?;
-    let (response, upgraded) = upgrade.respond(None);
+    let (response, upgraded) = upgrade.respond(None, None);
     let config = session::read_config(node);
     tokio::spawn(async move {
         match upgraded.await {
             Ok(socket) => {
                 let (read, write) = socket.stream.into_split();
-                let inbound = inbound(read, &socket.prefix, polling.outbox().clone(), config).await;
+                let inbound = inbound(read, &socket.prefix, polling.outbox().clone(), config, None).await;
                 polling.upgrade(inbound, write).await;
             }
             Err(error) => tracing::debug!(%error, "Engine.IO upgrade did not complete"),

@@ -19,7 +19,10 @@ use switchboard_protocol::Encoding;
 use crate::{
     node::Node,
     session,
-    transport::handshake::{HandshakeError, Upgrade},
+    transport::{
+        deflate,
+        handshake::{HandshakeError, Upgrade},
+    },
     wire::Wire,
 };
 
@@ -113,12 +116,19 @@ pub(crate) fn upgrade(
     }
     check_origin(&node, request.headers())?;
     let (bearer, hook_context) = upgrade_context(&node, request.headers(), remote);
+    // Only the native endpoint compresses (Socket.IO's own default is off too).
+    let deflate = match wire {
+        Wire::Native(_) => node.config.compression.deflate(),
+        Wire::SocketIo(_) => None,
+    };
+    let extensions = deflate.and_then(|_| deflate::accept(request.headers()));
+    let deflate = deflate.filter(|_| extensions.is_some());
     let upgrade = Upgrade::accept(&mut request)?;
-    let (response, upgraded) = upgrade.respond(protocol);
+    let (response, upgraded) = upgrade.respond(protocol, extensions);
     let tracker = node.sessions.clone();
     tokio::spawn(tracker.track_future(async move {
         match upgraded.await {
-            Ok(socket) => session::run(node, socket, wire, bearer, hook_context, remote).await,
+            Ok(socket) => session::run(node, socket, wire, deflate, bearer, hook_context, remote).await,
             Err(error) => tracing::debug!(%error, %remote, "WebSocket upgrade did not complete"),
         }
     }));

@@ -40,7 +40,10 @@ use crate::{
     metrics::Metrics,
     outbox::{backlog::Backlog, CloseRequest, Outbox, SessionCommand},
     sio_recovery::SioRooms,
-    transport::frame::{OpCode, WireFrame},
+    transport::{
+        deflate::{compress_frame, Deflate},
+        frame::{OpCode, WireFrame},
+    },
     wire::{self, Wire},
 };
 
@@ -77,6 +80,9 @@ pub struct Delivery {
     event: ChannelEvent,
     /// Per native encoding, the frame with the epoch and the frame without it.
     frames: [[OnceLock<Option<WireFrame>>; 2]; 2],
+    /// The same, compressed for `permessage-deflate` connections (`None`: send the
+    /// plain frame, too small or not shrinking).
+    deflated: [[OnceLock<Option<WireFrame>>; 2]; 2],
     /// Per Socket.IO namespace, the event frame (Socket.IO frames carry no epoch).
     socketio: [OnceLock<Option<WireFrame>>; MAX_SOCKETIO_NAMESPACES],
     received_at: Instant,
@@ -89,6 +95,7 @@ impl Delivery {
             channel,
             event,
             frames: Default::default(),
+            deflated: Default::default(),
             socketio: Default::default(),
             received_at: Instant::now(),
         }
@@ -119,6 +126,28 @@ impl Delivery {
             }
         })
         .as_ref()
+    }
+
+    /// [`Delivery::frame`] for a connection that negotiated `permessage-deflate`: a
+    /// publication's frame compressed once and shared, when `deflate` says it is worth it;
+    /// the plain frame otherwise (and for every non-publication and Socket.IO frame).
+    pub fn frame_deflated(&self, wire: Wire, epoch: Epoch, deflate: Deflate) -> Option<&WireFrame> {
+        let plain = self.frame(wire, epoch)?;
+        let (Wire::Native(encoding), ChannelEvent::Publication(_)) = (wire, &self.event) else {
+            return Some(plain);
+        };
+        if plain.payload().len() < deflate.threshold as usize {
+            return Some(plain);
+        }
+        let epoch = if self.stream_position().is_some() { epoch } else { Epoch::Carry };
+        let variant = match epoch {
+            Epoch::Carry => 0,
+            Epoch::Omit => 1,
+        };
+        self.deflated[encoding.index()][variant]
+            .get_or_init(|| compress_frame(plain, deflate))
+            .as_ref()
+            .or(Some(plain))
     }
 
     fn encode(&self, wire: Wire, epoch: Epoch) -> Result<WireFrame, CodecError> {
@@ -352,7 +381,11 @@ impl Subscriber {
                 }
             },
         };
-        if let Some(frame) = delivery.frame(self.wire, epoch) {
+        let frame = match self.outbox.deflate() {
+            Some(deflate) => delivery.frame_deflated(self.wire, epoch, deflate),
+            None => delivery.frame(self.wire, epoch),
+        };
+        if let Some(frame) = frame {
             if let (Some((rooms, slot)), Some((_, offset))) = (&self.recovery, delivery.stream_position()) {
                 return rooms.deliver(*slot, offset, frame, |frame| {
                     self.outbox.push(frame, Some(delivery.received_at))
@@ -601,6 +634,46 @@ mod tests {
         // A new epoch (stream reset) starts over.
         hub.deliver("c", publication(&Arc::from("e2"), 1));
         assert!(rx.try_recv().is_some());
+    }
+
+    /// `permessage-deflate` subscribers share one compressed frame per publication (and
+    /// get small ones as they are); the others get the plain frame.
+    #[test]
+    fn large_publications_are_compressed_once_for_every_deflate_subscriber() {
+        use crate::transport::{
+            deflate::{inflate_message, Deflate},
+            frame::RSV1,
+        };
+        let hub = Hub::new(Arc::new(Metrics::new()), 16, Arc::new(Backlog::new(1 << 20)));
+        let deflate = Deflate { threshold: 200, level: 1 };
+        let (first, mut first_rx) = crate::outbox::outbox_deflated(16, deflate);
+        let (second, mut second_rx) = crate::outbox::outbox_deflated(16, deflate);
+        let (plain, mut plain_rx) = outbox(16, 1 << 20, Arc::new(ConnControl::default()));
+        for (conn, outbox) in [(1, first), (2, second), (3, plain)] {
+            assert!(hub.subscribe("c", conn, outbox, Encoding::Json.into()));
+            hub.go_live("c", conn, None);
+        }
+        let epoch: Arc<str> = Arc::from("e");
+        let mut big = publication(&epoch, 1);
+        if let ChannelEvent::Publication(publication) = &mut big {
+            publication.data = serde_json::value::to_raw_value(&"vote ".repeat(100)).expect("raw");
+        }
+        hub.deliver("c", big);
+        hub.deliver("c", publication(&epoch, 2));
+
+        let (a, b, p) = (
+            first_rx.try_recv().expect("a"),
+            second_rx.try_recv().expect("b"),
+            plain_rx.try_recv().expect("p"),
+        );
+        assert_eq!(a.frame.bytes()[0] & RSV1, RSV1, "compressed");
+        assert_eq!(a.frame.bytes().as_ptr(), b.frame.bytes().as_ptr(), "one compression, shared");
+        assert_eq!(p.frame.bytes()[0] & RSV1, 0);
+        assert!(a.frame.len() < p.frame.len() / 3);
+        assert_eq!(inflate_message(a.frame.payload(), 1 << 16).expect("inflate"), p.frame.payload());
+        let small = first_rx.try_recv().expect("small");
+        assert_eq!(small.frame.bytes()[0] & RSV1, 0, "below the threshold");
+        assert_eq!(small.frame.payload(), plain_rx.try_recv().expect("small").frame.payload());
     }
 
     /// Every frame queued in `rx`, decoded (JSON or MessagePack, by frame type).

@@ -43,7 +43,10 @@ use tokio::{
 pub use control::{CloseRequest, ConnControl, SessionCommand, SESSION_COMMAND_CAPACITY};
 pub(crate) use write::{Progress, SocketWriter};
 
-use crate::{metrics::Metrics, transport::frame::WireFrame};
+use crate::{
+    metrics::Metrics,
+    transport::{deflate::Deflate, frame::WireFrame},
+};
 
 /// One frame waiting to be written.
 #[derive(Debug)]
@@ -103,6 +106,9 @@ pub(crate) struct Shared {
     /// The node's fan-out backlog, which queued publication frames count in (`None` in
     /// unit tests).
     backlog: Option<Arc<backlog::Backlog>>,
+    /// Set when the connection negotiated `permessage-deflate`: the hub then queues
+    /// large publications' compressed frames.
+    deflate: Option<Deflate>,
 }
 
 /// Where a connection's frames go.
@@ -124,9 +130,12 @@ pub(crate) fn connect(
     max_bytes: usize,
     control: Arc<ConnControl>,
     sink: Sink,
+    deflate: Option<Deflate>,
 ) -> (Outbox, Writer) {
     let backlog = Some(sink.backlog.clone());
-    let shared = Arc::new(Shared::new(max_frames, max_bytes, control, backlog));
+    let mut shared = Shared::new(max_frames, max_bytes, control, backlog);
+    shared.deflate = deflate;
+    let shared = Arc::new(shared);
     let _ = shared.socket.set(SocketWriter::new(sink));
     (Outbox { shared: shared.clone() }, Writer { shared })
 }
@@ -135,6 +144,15 @@ pub(crate) fn connect(
 /// tests of the queue and the hub).
 pub fn outbox(max_frames: usize, max_bytes: usize, control: Arc<ConnControl>) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared::new(max_frames, max_bytes, control, None));
+    (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
+}
+
+/// [`outbox`] for a connection that negotiated `permessage-deflate` (hub unit tests).
+#[cfg(test)]
+pub(crate) fn outbox_deflated(max_frames: usize, deflate: Deflate) -> (Outbox, OutboxReceiver) {
+    let mut shared = Shared::new(max_frames, 1 << 20, Arc::new(ConnControl::default()), None);
+    shared.deflate = Some(deflate);
+    let shared = Arc::new(shared);
     (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
 }
 
@@ -168,6 +186,7 @@ impl Shared {
             control,
             socket: OnceLock::new(),
             backlog,
+            deflate: None,
         }
     }
 
@@ -248,6 +267,11 @@ enum Refused {
 }
 
 impl Outbox {
+    /// The connection's `permessage-deflate`, when it negotiated it.
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.shared.deflate
+    }
+
     /// Queues a frame without waiting. Returns `false` when the frame was not queued: the
     /// queue is full (the connection is then closed as a slow consumer) or the connection
     /// is already closing.

@@ -36,6 +36,7 @@ use crate::{
     outbox::{self, CloseRequest, ConnControl, Outbox, SessionCommand},
     ratelimit::TokenBucket,
     transport::{
+        deflate::{Deflate, InflateError},
         frame::WireFrame,
         handshake::Upgraded,
         inbound::{inbound, Inbound},
@@ -49,6 +50,7 @@ pub(crate) async fn run(
     node: Arc<Node>,
     socket: Upgraded,
     wire: Wire,
+    deflate: Option<Deflate>,
     bearer: Option<String>,
     hook_context: Option<Box<serde_json::Value>>,
     remote: SocketAddr,
@@ -66,8 +68,10 @@ pub(crate) async fn run(
             limits.outbound_queue_bytes,
             control.clone(),
             sink(&node, conn, write),
+            deflate,
         );
-        let stream = inbound(read, &prefix, outbox.clone(), read_config(&node)).await;
+        let inflate = deflate.map(|_| limits.max_message_bytes);
+        let stream = inbound(read, &prefix, outbox.clone(), read_config(&node), inflate).await;
         // Even empty, it can share the HTTP server's whole read buffer: not for the
         // connection's lifetime.
         drop(prefix);
@@ -406,6 +410,20 @@ impl Session {
                 // tell about a protocol error.
                 tracing::debug!("connection reset without a closing handshake");
                 self.control.terminate();
+            }
+            tungstenite::Error::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<InflateError>()) => {
+                match io.get_ref().and_then(|inner| inner.downcast_ref::<InflateError>()) {
+                    Some(InflateError::TooLarge(limit)) => {
+                        self.close(
+                            Code::MessageTooLarge,
+                            &format!("message larger than {limit} bytes"),
+                            None,
+                            false,
+                        );
+                    }
+                    Some(error) => self.close(Code::ProtocolError, &error.to_string(), None, false),
+                    None => self.control.terminate(),
+                }
             }
             tungstenite::Error::Utf8(_) => {
                 self.close(Code::ProtocolError, "text frame is not valid UTF-8", None, false);

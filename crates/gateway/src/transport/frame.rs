@@ -13,6 +13,9 @@ use bytes::Bytes;
 /// Spare bytes in front of a payload: the largest header (2 + 8 length bytes).
 pub const HEADROOM: usize = 10;
 
+/// The first header byte's "compressed" bit under `permessage-deflate`.
+pub const RSV1: u8 = 0x40;
+
 /// The frame types the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
@@ -38,12 +41,26 @@ impl WireFrame {
     ///
     /// # Panics
     /// If `buffer` is shorter than [`HEADROOM`] (a bug in the caller).
-    pub fn from_headroom(opcode: OpCode, mut buffer: Vec<u8>) -> WireFrame {
+    pub fn from_headroom(opcode: OpCode, buffer: Vec<u8>) -> WireFrame {
+        WireFrame::framed(opcode, buffer, 0)
+    }
+
+    fn framed(opcode: OpCode, mut buffer: Vec<u8>, flags: u8) -> WireFrame {
         let length = buffer.len() - HEADROOM;
-        let header = header(opcode, length);
+        let mut header = header(opcode, length);
+        header[0] |= flags;
         let start = HEADROOM - header.len();
         buffer[start..HEADROOM].copy_from_slice(&header);
         WireFrame { bytes: Bytes::from(buffer).slice(start..), header: header.len() as u8 }
+    }
+
+    /// [`WireFrame::from_headroom`] for a payload compressed with `permessage-deflate`
+    /// (RSV1 set: see `deflate`).
+    ///
+    /// # Panics
+    /// If `buffer` is shorter than [`HEADROOM`] (a bug in the caller).
+    pub fn from_headroom_compressed(opcode: OpCode, buffer: Vec<u8>) -> WireFrame {
+        WireFrame::framed(opcode, buffer, RSV1)
     }
 
     /// A frame of `payload` (copied once, behind its header).
@@ -98,6 +115,15 @@ impl WireFrame {
     /// The payload without the header, sharing the frame's buffer.
     pub fn into_payload(self) -> Bytes {
         self.bytes.slice(usize::from(self.header)..)
+    }
+
+    /// The opcode of a text or binary frame; `None` for control frames and raw bytes.
+    pub fn data_opcode(&self) -> Option<OpCode> {
+        match self.bytes.first() {
+            Some(first) if self.header > 0 && first & 0x0F == OpCode::Text as u8 => Some(OpCode::Text),
+            Some(first) if self.header > 0 && first & 0x0F == OpCode::Binary as u8 => Some(OpCode::Binary),
+            _ => None,
+        }
     }
 
     /// Whether this is a text frame.

@@ -85,11 +85,13 @@ impl Upgrade {
         Ok(Upgrade { accept, on_upgrade })
     }
 
-    /// The `101` response, echoing `protocol` when one was selected, and the future of
-    /// the upgraded socket (it resolves once the response went out).
+    /// The `101` response, echoing `protocol` when one was selected and answering with
+    /// `extensions` when one was accepted, and the future of the upgraded socket (it
+    /// resolves once the response went out).
     pub(crate) fn respond(
         self,
         protocol: Option<&'static str>,
+        extensions: Option<&'static str>,
     ) -> (Response, impl std::future::Future<Output = Result<Upgraded, UpgradeFailed>>) {
         let mut response = Response::new(axum::body::Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -99,6 +101,9 @@ impl Upgrade {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
         if let Some(protocol) = protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+        }
+        if let Some(extensions) = extensions {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(extensions));
         }
         let on_upgrade = self.on_upgrade;
         let upgraded = async move {

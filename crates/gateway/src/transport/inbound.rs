@@ -3,7 +3,8 @@
 //! The WebSocket library writes a few frames of its own (pongs to the client's pings,
 //! the reply to a close). They must not interleave with the flushers' writes, so the
 //! read half's writes go into the connection's outbox as already framed bytes, like
-//! every other frame.
+//! every other frame. On a connection that negotiated `permessage-deflate`, the bytes
+//! read pass through an [`Inflater`] first.
 
 use std::{
     io,
@@ -20,27 +21,41 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-use super::frame::WireFrame;
+use super::{frame::WireFrame, inflate::Inflater};
 use crate::outbox::Outbox;
 
 /// The stream of a connection's incoming messages.
 pub(crate) type Inbound = WebSocketStream<ReadSide>;
+
+/// Bytes read from the socket at once on a compressed connection (on the stack).
+const RAW_READ_BYTES: usize = 4096;
 
 /// A read half whose writes join the outbox.
 #[derive(Debug)]
 pub(crate) struct ReadSide {
     read: OwnedReadHalf,
     outbox: Outbox,
+    /// Set when the connection negotiated `permessage-deflate`.
+    inflater: Option<Box<Inflater>>,
 }
 
-/// Starts reading WebSocket messages from `read`, `prefix` first.
+/// Starts reading WebSocket messages from `read`, `prefix` first; `inflate` is
+/// `Some(limits.max_message_bytes)` on a connection that negotiated `permessage-deflate`.
 pub(crate) async fn inbound(
     read: OwnedReadHalf,
     prefix: &[u8],
     outbox: Outbox,
     config: WebSocketConfig,
+    inflate: Option<usize>,
 ) -> Inbound {
-    let side = ReadSide { read, outbox };
+    if let Some(limit) = inflate {
+        // The prefix may hold compressed frames too.
+        let mut inflater = Box::new(Inflater::new(limit));
+        inflater.feed(prefix);
+        let side = ReadSide { read, outbox, inflater: Some(inflater) };
+        return WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
+    }
+    let side = ReadSide { read, outbox, inflater: None };
     if prefix.is_empty() {
         WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await
     } else {
@@ -54,7 +69,27 @@ impl AsyncRead for ReadSide {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let side = &mut *self;
+        let Some(inflater) = side.inflater.as_mut() else {
+            return Pin::new(&mut side.read).poll_read(cx, buf);
+        };
+        loop {
+            if inflater.has_output() {
+                let taken = inflater.take(buf.initialize_unfilled());
+                buf.advance(taken);
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(error) = inflater.failure() {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error.clone())));
+            }
+            let mut raw = [0u8; RAW_READ_BYTES];
+            let mut raw = ReadBuf::new(&mut raw);
+            std::task::ready!(Pin::new(&mut side.read).poll_read(cx, &mut raw))?;
+            if raw.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            inflater.feed(raw.filled());
+        }
     }
 }
 

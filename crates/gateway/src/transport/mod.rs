@@ -9,9 +9,13 @@
 //! and interleaved with control frames: no reason to hand-write that), on a read-only
 //! view of the socket whose few writes (pongs) join the connection's outbox.
 //! Socket.IO clients may also come over HTTP long-polling (`polling`) and upgrade to a
-//! WebSocket later.
+//! WebSocket later. `permessage-deflate`, when enabled, compresses shared publication
+//! frames once (`deflate`) and inflates what clients compress below the library
+//! (`inflate`).
 
+pub mod deflate;
 pub mod frame;
 pub(crate) mod handshake;
 pub(crate) mod inbound;
+mod inflate;
 pub mod polling;
