@@ -8,6 +8,9 @@
 //! answer: bytes that are not JSON/MessagePack at all, or that lack a usable `id`, are a
 //! protocol error (the connection is closed, because nothing can be answered); a frame
 //! with an id but an unknown method or bad parameters gets an error reply for that id.
+//! JSON commands take a one-pass path (`json_command`) with the same answers.
+
+mod json_command;
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
@@ -116,8 +119,7 @@ pub const METHODS: &[&str] = &[
 /// with which code.
 pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, CommandDecodeError> {
     let value: serde_json::Value = match encoding {
-        Encoding::Json => serde_json::from_slice(frame)
-            .map_err(|e| CommandDecodeError::protocol(format!("malformed JSON: {e}")))?,
+        Encoding::Json => return json_command::decode(frame),
         Encoding::MsgPack => decode_msgpack_value(frame)
             .map_err(|e| CommandDecodeError::protocol(format!("malformed MessagePack: {e}")))?,
     };
@@ -256,6 +258,41 @@ mod tests {
         assert!(e.message.contains("channel"), "{}", e.message);
         let e = decode_command(Encoding::MsgPack, &[0xc1]).expect_err("msgpack");
         assert_eq!(e.code, Code::ProtocolError);
+    }
+
+    /// The one-pass JSON path answers every fault as the generic (MessagePack) path does.
+    #[test]
+    fn json_faults_get_the_generic_answers() {
+        let frames = [
+            r#"[1, "ping"]"#,
+            r#""ping""#,
+            r#"{"id": null, "method": "ping"}"#,
+            r#"{"id": -1, "method": "ping"}"#,
+            r#"{"id": 1.5, "method": "ping"}"#,
+            r#"{"id": "7", "method": "ping"}"#,
+            r#"{"id": 7}"#,
+            r#"{"id": 7, "method": 3}"#,
+            r#"{"id": 7, "method": "fly"}"#,
+            r#"{"id": 7, "method": "ping", "params": 5}"#,
+            r#"{"id": 7, "method": "publish", "params": {"channel": "c"}}"#,
+            r#"{"id": 7, "method": "publish", "params": {"channel": 5, "data": 1}}"#,
+            r#"{"id": 7, "method": "ack", "params": {"channel": "c", "offset": -2, "epoch": "e"}}"#,
+            r#"{"id": 7, "method": "ping", "params": {"unknown": true}, "extra": [1]}"#,
+            r#"{"id": 7, "method": "rpc", "params": {"method": "vote"}}"#,
+        ];
+        for frame in frames {
+            let value: serde_json::Value = serde_json::from_str(frame).expect("valid JSON");
+            let packed = rmp_serde::to_vec_named(&value).expect("msgpack");
+            let json = decode_command(Encoding::Json, frame.as_bytes());
+            let generic = decode_command(Encoding::MsgPack, &packed);
+            match (&json, &generic) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{frame}"),
+                (Err(a), Err(b)) => assert_eq!((a.id, a.code), (b.id, b.code), "{frame}: {a} / {b}"),
+                _ => panic!("{frame}: {json:?} against {generic:?}"),
+            }
+        }
+        let e = decode_command(Encoding::Json, br#"{"id":1,"id":2,"method":"ping"}"#).expect_err("twice");
+        assert_eq!((e.id, e.code), (None, Code::ProtocolError), "a repeated field is malformed");
     }
 
     #[test]
