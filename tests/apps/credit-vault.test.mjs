@@ -232,6 +232,8 @@ describe('credit-vault: two owners, two gateway nodes behind HAProxy', { timeout
 
     await pages.alice.waitForFunction((node) => window.app.state === 'connected' && window.app.node === node, survivor.name, { timeout: 30_000 });
     await pages.alice.locator('#conn-state', { hasText: /^connected$/ }).waitFor();
+    // `connected` comes with the connect reply; the resubscribe's reply follows it.
+    await pages.alice.waitForFunction(() => (window.app.subscribed['vault:alice'] ?? []).some((e) => e.resubscribed), null, { timeout: 30_000 });
     const resubscribed = await app(pages.alice, () => (window.app.subscribed['vault:alice'] ?? []).filter((e) => e.resubscribed));
     assert.equal(resubscribed.length, 1, 'one resubscribe');
     assert.equal(resubscribed[0].recovered, true, 'recovered');
