@@ -8,15 +8,14 @@ use std::time::Instant;
 
 use switchboard_protocol::{codec::decode_command, Encoding};
 
-/// Microseconds per call of `work`, over enough calls to take about 200 ms.
-fn per_call(mut work: impl FnMut()) -> f64 {
+/// Calls per measurement: a few hundred milliseconds for the largest frame.
+const CALLS: u32 = 20_000;
+
+/// Microseconds per call of `work`, averaged over [`CALLS`] calls.
+fn micros(work: impl Fn()) -> f64 {
     let started = Instant::now();
-    let mut calls = 0u32;
-    while started.elapsed().as_millis() < 200 {
-        work();
-        calls += 1;
-    }
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(calls)
+    (0..CALLS).for_each(|_| work());
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,10 +41,10 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|");
     for (name, frame) in &frames {
         decode_command(Encoding::Json, frame.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let decode = per_call(|| {
+        let decode = micros(|| {
             std::hint::black_box(decode_command(Encoding::Json, frame.as_bytes()).ok());
         });
-        let value = per_call(|| {
+        let value = micros(|| {
             std::hint::black_box(serde_json::from_slice::<serde_json::Value>(frame.as_bytes()).ok());
         });
         println!("| {name} | {} | {decode:.2} | {value:.2} |", frame.len());
