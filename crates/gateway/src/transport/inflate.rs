@@ -348,4 +348,100 @@ mod tests {
         assert_eq!(&out[..count], &wire[..]);
         assert!(!inflater.has_output());
     }
+
+    /// One message of a generated stream: its text, whether the client compressed it,
+    /// how many fragments it is sent in, and whether a ping follows its first fragment.
+    fn message() -> impl proptest::strategy::Strategy<Value = (String, bool, usize, bool)> {
+        use proptest::prelude::*;
+        ("[a-z ]{0,300}", any::<bool>(), 1usize..4, any::<bool>())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Untrusted bytes in any chunks: never a panic, and the rewriter either hands
+        /// bytes on or fails; it never grows past what it was fed plus the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), chunk in 1usize..64) {
+            let mut inflater = Inflater::new(4096);
+            for piece in bytes.chunks(chunk) {
+                inflater.feed(piece);
+                let mut out = vec![0; 8192];
+                let _ = inflater.take(&mut out);
+            }
+        }
+
+        /// Any mix of compressed and plain messages, fragmented and with pings between
+        /// fragments, read in any chunks, comes out as the plain messages in order.
+        #[test]
+        fn generated_streams_come_out_plain(messages in proptest::collection::vec(message(), 1..8), chunk in 1usize..200) {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for (text, compress, fragments, ping) in &messages {
+                let payload = if *compress && !text.is_empty() { deflated_or_plain(text) } else { None };
+                let (body, rsv1) = match &payload {
+                    Some(compressed) => (compressed.clone(), 0x40),
+                    None => (text.as_bytes().to_vec(), 0),
+                };
+                let size = body.len().div_ceil(*fragments).max(1);
+                let pieces: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(size).collect() };
+                for (i, piece) in pieces.iter().enumerate() {
+                    let last = i + 1 == pieces.len();
+                    let first_byte = if i == 0 { 0x1 | rsv1 } else { 0x0 } | if last { 0x80 } else { 0 };
+                    wire.extend(client_frame(first_byte, piece));
+                    if i == 0 && *ping {
+                        wire.extend(client_frame(0x89, b"p"));
+                    }
+                }
+                // A ping between fragments comes out before the message it interrupted;
+                // after a one-frame message, after it.
+                let message = (1, text.as_bytes().to_vec());
+                match (*ping, pieces.len() > 1) {
+                    (true, true) => expected.extend([(9, b"p".to_vec()), message]),
+                    (true, false) => expected.extend([message, (9, b"p".to_vec())]),
+                    (false, _) => expected.push(message),
+                }
+            }
+            let mut inflater = Inflater::new(65_536);
+            let mut handed_on = Vec::new();
+            for piece in wire.chunks(chunk) {
+                inflater.feed(piece);
+                let mut out = vec![0; 1 << 17];
+                let count = inflater.take(&mut out);
+                handed_on.extend_from_slice(&out[..count]);
+            }
+            proptest::prop_assert!(inflater.failure().is_none(), "{:?}", inflater.failure());
+            let mut replay = Inflater::new(65_536);
+            replay.output.extend_from_slice(&handed_on);
+            let got = frames(&mut replay);
+            // Fragments of plain messages pass through as fragments: join them back.
+            let mut joined: Vec<(u8, Vec<u8>)> = Vec::new();
+            let mut open: Option<(u8, Vec<u8>)> = None;
+            let mut rest = &handed_on[..];
+            while let Some(header) = parse_header(rest) {
+                let end = header.length + header.payload as usize;
+                let mask = header.mask.unwrap_or_default();
+                let payload: Vec<u8> = rest[header.length..end].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+                let (opcode, fin) = (header.first & 0x0F, header.first & 0x80 != 0);
+                rest = &rest[end..];
+                if opcode & 0x08 != 0 {
+                    joined.push((opcode, payload));
+                    continue;
+                }
+                let current = open.get_or_insert((opcode, Vec::new()));
+                current.1.extend(payload);
+                if fin {
+                    joined.extend(open.take());
+                }
+            }
+            proptest::prop_assert!(!got.is_empty() || expected.is_empty());
+            proptest::prop_assert_eq!(joined, expected);
+        }
+    }
+
+    /// `text` deflated the way a client does it, if that is shorter.
+    fn deflated_or_plain(text: &str) -> Option<Vec<u8>> {
+        let frame = WireFrame::new(OpCode::Text, text.as_bytes());
+        compress_frame(&frame, Deflate { threshold: 0, level: 6 }).map(|frame| frame.payload().to_vec())
+    }
 }
