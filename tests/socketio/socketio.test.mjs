@@ -180,6 +180,33 @@ test('polling upgrades to WebSocket and nothing is lost or doubled across the up
   socket.close();
 });
 
+test('permessage-deflate: large publications arrive compressed, over a direct WebSocket and after an upgrade', async () => {
+  // Straight to one node: an upgrade relayed to another node is never compressed.
+  const node = h.gateways[0];
+  const rows = Array.from({ length: 300 }, (_, i) => ({ proposal: i, yes: i * 3, no: i, quorum: 0.25 }));
+  const size = JSON.stringify(rows).length;
+  for (const transports of [['websocket'], ['polling', 'websocket']]) {
+    const socket = io(node.http, { auth: { token: h.token('fay') }, transports });
+    sockets.add(socket);
+    const upgraded = transports.length > 1 ? new Promise((resolve) => socket.io.engine.once('upgrade', resolve)) : null;
+    await connected(socket);
+    if (upgraded) await upgraded;
+    const ws = socket.io.engine.transport.ws;
+    assert.equal(ws.extensions, 'permessage-deflate', `${transports}`);
+    await socket.emitWithAck('subscribe', 'room:deflate');
+    const got = collect(socket, 'snapshot', 2);
+    const before = ws._socket.bytesRead;
+    await apiPublish('room:deflate', 'snapshot', { rows });
+    await apiPublish('room:deflate', 'snapshot', { small: true });
+    const [big, small] = await got.done;
+    assert.deepEqual(big, { rows });
+    assert.deepEqual(small, { small: true });
+    const read = ws._socket.bytesRead - before;
+    assert.ok(read < size / 3, `${transports}: ${read} bytes read for a ${size}-byte payload`);
+    socket.close();
+  }
+});
+
 test('a bad token is refused with connect_error and a message', async () => {
   const socket = io(h.lb.http, { auth: { token: 'not-a-jwt' }, reconnection: false, transports: ['websocket'] });
   sockets.add(socket);

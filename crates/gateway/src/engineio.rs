@@ -193,6 +193,12 @@ async fn proxy(node: &Node, address: &str, request: Request) -> Result<Response,
 fn relay_upgrade(node: &Arc<Node>, address: String, mut request: Request) -> Response {
     let mut head = format!("GET {} HTTP/1.1\r\n", request.uri().path_and_query().map_or("/", |p| p.as_str()));
     for (name, value) in request.headers() {
+        // The client gets this node's `101`, which accepts no extension: the owner must
+        // not be offered one either (its frames would be compressed for a client that
+        // does not expect it).
+        if name == header::SEC_WEBSOCKET_EXTENSIONS {
+            continue;
+        }
         if let Ok(value) = value.to_str() {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -301,15 +307,18 @@ fn upgrade_polling(node: &Arc<Node>, sid: &str, mut request: Request) -> Result<
     let Some(polling) = node.polling.get(sid) else {
         return Ok(unknown_session());
     };
+    let negotiated = node.config.compression.negotiate(request.headers());
     let upgrade = Upgrade::accept(&mut request)?;
-    let (response, upgraded) = upgrade.respond(None, None);
+    let (response, upgraded) = upgrade.respond(None, negotiated.map(|(_, answer)| answer));
+    let deflate = negotiated.map(|(deflate, _)| deflate);
     let config = session::read_config(node);
+    let inflate = deflate.map(|_| node.config.limits.max_message_bytes);
     tokio::spawn(async move {
         match upgraded.await {
             Ok(socket) => {
                 let (read, write) = socket.stream.into_split();
-                let inbound = inbound(read, &socket.prefix, polling.outbox().clone(), config, None).await;
-                polling.upgrade(inbound, write).await;
+                let inbound = inbound(read, &socket.prefix, polling.outbox().clone(), config, inflate).await;
+                polling.upgrade(inbound, write, deflate).await;
             }
             Err(error) => tracing::debug!(%error, "Engine.IO upgrade did not complete"),
         }

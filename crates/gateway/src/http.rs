@@ -19,10 +19,7 @@ use switchboard_protocol::Encoding;
 use crate::{
     node::Node,
     session,
-    transport::{
-        deflate,
-        handshake::{HandshakeError, Upgrade},
-    },
+    transport::handshake::{HandshakeError, Upgrade},
     wire::Wire,
 };
 
@@ -116,15 +113,10 @@ pub(crate) fn upgrade(
     }
     check_origin(&node, request.headers())?;
     let (bearer, hook_context) = upgrade_context(&node, request.headers(), remote);
-    // Only the native endpoint compresses (Socket.IO's own default is off too).
-    let deflate = match wire {
-        Wire::Native(_) => node.config.compression.deflate(),
-        Wire::SocketIo(_) => None,
-    };
-    let extensions = deflate.and_then(|_| deflate::accept(request.headers()));
-    let deflate = deflate.filter(|_| extensions.is_some());
+    let negotiated = node.config.compression.negotiate(request.headers());
     let upgrade = Upgrade::accept(&mut request)?;
-    let (response, upgraded) = upgrade.respond(protocol, extensions);
+    let (response, upgraded) = upgrade.respond(protocol, negotiated.map(|(_, answer)| answer));
+    let deflate = negotiated.map(|(deflate, _)| deflate);
     let tracker = node.sessions.clone();
     tokio::spawn(tracker.track_future(async move {
         match upgraded.await {

@@ -15,8 +15,8 @@ use crate::transport::deflate::Deflate;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
-    /// Accept a client's `permessage-deflate` offer on `/ws` (browsers make one on every
-    /// connection). Default false.
+    /// Accept a client's `permessage-deflate` offer on `/ws` and on Socket.IO's WebSocket
+    /// transport (browsers make one on every connection). Default false.
     pub enabled: bool,
     /// Publication frames whose payload is at least this many bytes are sent compressed;
     /// smaller ones, replies and other pushes go as they are. Default 1024.
@@ -35,6 +35,13 @@ impl CompressionConfig {
     /// What a connection that negotiated the extension gets; `None` when disabled.
     pub fn deflate(&self) -> Option<Deflate> {
         self.enabled.then_some(Deflate { threshold: self.threshold_bytes, level: self.level })
+    }
+
+    /// For a WebSocket upgrade request: the connection's compression and the extension
+    /// header to answer with, when enabled and the client made an acceptable offer.
+    pub(crate) fn negotiate(&self, headers: &axum::http::HeaderMap) -> Option<(Deflate, &'static str)> {
+        let deflate = self.deflate()?;
+        crate::transport::deflate::accept(headers).map(|answer| (deflate, answer))
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

@@ -107,8 +107,10 @@ pub(crate) struct Shared {
     /// unit tests).
     backlog: Option<Arc<backlog::Backlog>>,
     /// Set when the connection negotiated `permessage-deflate`: the hub then queues
-    /// large publications' compressed frames.
-    deflate: Option<Deflate>,
+    /// large publications' compressed frames. Set once the outbox writes to that
+    /// WebSocket (a polling connection gets it when it upgrades: compressed frames must
+    /// never go out in a poll's answer).
+    deflate: OnceLock<Deflate>,
 }
 
 /// Where a connection's frames go.
@@ -133,9 +135,10 @@ pub(crate) fn connect(
     deflate: Option<Deflate>,
 ) -> (Outbox, Writer) {
     let backlog = Some(sink.backlog.clone());
-    let mut shared = Shared::new(max_frames, max_bytes, control, backlog);
-    shared.deflate = deflate;
-    let shared = Arc::new(shared);
+    let shared = Arc::new(Shared::new(max_frames, max_bytes, control, backlog));
+    if let Some(deflate) = deflate {
+        let _ = shared.deflate.set(deflate);
+    }
     let _ = shared.socket.set(SocketWriter::new(sink));
     (Outbox { shared: shared.clone() }, Writer { shared })
 }
@@ -150,9 +153,8 @@ pub fn outbox(max_frames: usize, max_bytes: usize, control: Arc<ConnControl>) ->
 /// [`outbox`] for a connection that negotiated `permessage-deflate` (hub unit tests).
 #[cfg(test)]
 pub(crate) fn outbox_deflated(max_frames: usize, deflate: Deflate) -> (Outbox, OutboxReceiver) {
-    let mut shared = Shared::new(max_frames, 1 << 20, Arc::new(ConnControl::default()), None);
-    shared.deflate = Some(deflate);
-    let shared = Arc::new(shared);
+    let shared = Arc::new(Shared::new(max_frames, 1 << 20, Arc::new(ConnControl::default()), None));
+    let _ = shared.deflate.set(deflate);
     (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
 }
 
@@ -186,7 +188,7 @@ impl Shared {
             control,
             socket: OnceLock::new(),
             backlog,
-            deflate: None,
+            deflate: OnceLock::new(),
         }
     }
 
@@ -269,7 +271,7 @@ enum Refused {
 impl Outbox {
     /// The connection's `permessage-deflate`, when it negotiated it.
     pub fn deflate(&self) -> Option<Deflate> {
-        self.shared.deflate
+        self.shared.deflate.get().copied()
     }
 
     /// Queues a frame without waiting. Returns `false` when the frame was not queued: the
@@ -391,10 +393,15 @@ impl Outbox {
 
     /// Gives a long-polling connection its WebSocket (after an Engine.IO upgrade): frames
     /// still queued, and every later one, go to the socket. The caller must have stopped
-    /// taking frames with the [`OutboxReceiver`]. Returns the writer task's handle.
-    pub(crate) fn attach(&self, sink: Sink) -> Writer {
+    /// taking frames with the [`OutboxReceiver`]; `deflate` is what the WebSocket
+    /// negotiated. Returns the writer task's handle.
+    pub(crate) fn attach(&self, sink: Sink, deflate: Option<Deflate>) -> Writer {
         if self.shared.socket.set(SocketWriter::new(sink)).is_err() {
             tracing::error!("a connection's outbox was given a second socket");
+        }
+        if let Some(deflate) = deflate {
+            // After the socket: from here on nothing is taken by a poll.
+            let _ = self.shared.deflate.set(deflate);
         }
         let schedule = {
             let mut state = lock(&self.shared.state);

@@ -231,9 +231,9 @@ async fn serve(
                     tokio::select! {
                         () = polling.drained() => {}
                         handoff = upgraded => {
-                            if let Some(Handoff { inbound, write }) = handoff {
+                            if let Some(Handoff { inbound, write, .. }) = handoff {
                                 drop(inbound);
-                                writer::flush_and_close(outbox.attach(sink(&node, conn, write))).await;
+                                writer::flush_and_close(outbox.attach(sink(&node, conn, write), None)).await;
                             }
                         }
                         () = tokio::time::sleep(grace) => tracing::debug!("closing packets not polled in time"),
@@ -370,8 +370,8 @@ impl Session {
     /// the socket from now on (what is queued first), through the flushers and a writer
     /// task like any WebSocket connection's.
     fn upgrade(&mut self, handoff: Box<Handoff>) -> Input {
-        let Handoff { inbound, write } = *handoff;
-        let writer = self.outbox.attach(sink(&self.node, self.conn, write));
+        let Handoff { inbound, write, deflate } = *handoff;
+        let writer = self.outbox.attach(sink(&self.node, self.conn, write), deflate);
         let stall_timeout = Duration::from_millis(self.node.config.limits.outbound_wait_ms);
         self.writer = Some(tokio::spawn(writer::run(writer, self.control.clone(), self.wire, stall_timeout)));
         if let Some(polling) = self.polling.take() {

@@ -27,7 +27,7 @@ use tokio::{
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::inbound::Inbound;
+use super::{deflate::Deflate, inbound::Inbound};
 use crate::outbox::{CloseRequest, ConnControl, Outbox, OutboxReceiver};
 
 /// Packets of `POST` bodies waiting for the session, at most.
@@ -41,6 +41,8 @@ pub(crate) struct Handoff {
     pub inbound: Inbound,
     /// Its sending half (the session's outbox writes to it from now on).
     pub write: OwnedWriteHalf,
+    /// What the WebSocket negotiated: `permessage-deflate`, or nothing.
+    pub deflate: Option<Deflate>,
 }
 
 /// Why a poll or a post was refused; the HTTP layer maps each to Engine.IO's answer.
@@ -195,7 +197,12 @@ impl PollingSession {
 
     /// Runs the upgrade's probe on a new WebSocket and, when the client completes it with
     /// `5`, hands the socket to the session. A failed probe leaves the session polling.
-    pub(crate) async fn upgrade(&self, mut inbound: Inbound, mut write: OwnedWriteHalf) {
+    pub(crate) async fn upgrade(
+        &self,
+        mut inbound: Inbound,
+        mut write: OwnedWriteHalf,
+        deflate: Option<Deflate>,
+    ) {
         if next_text(&mut inbound).await.as_deref() != Some("2probe") {
             tracing::debug!(sid = %self.sid, "WebSocket upgrade without a probe");
             return;
@@ -213,7 +220,7 @@ impl PollingSession {
         let handoff = self.handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.upgraded.store(true, std::sync::atomic::Ordering::Release);
         if let Some(handoff) = handoff {
-            let _ = handoff.send(Handoff { inbound, write });
+            let _ = handoff.send(Handoff { inbound, write, deflate });
         }
     }
 
