@@ -96,6 +96,16 @@ describe('permessage-deflate', { timeout: 60_000 }, () => {
     assert.match(reason, /larger than 65536 bytes/);
   });
 
+  test('a compressed message that is not deflate data closes with 3500', async () => {
+    const { socket } = await open(compressed, 'garbage');
+    const closed = new Promise((done) => socket.once('close', (code, reason) => done({ code, reason: `${reason}` })));
+    // A final text frame with RSV1, masked with a zero key, whose payload is not deflate.
+    socket._socket.write(Buffer.from([0xc1, 0x84, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]));
+    const { code, reason } = await closed;
+    assert.equal(code, 3500);
+    assert.match(reason, /invalid permessage-deflate data/);
+  });
+
   test('the SDK works on a compressed connection', async () => {
     const alice = client(compressed.url, { token: token('alice') });
     const bob = client(compressed.url, { token: token('bob') });

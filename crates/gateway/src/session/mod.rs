@@ -246,6 +246,11 @@ async fn serve(
     .await;
 }
 
+/// Why a compressed message could not be read, when that is what `error` is.
+fn inflate_failure(error: &std::io::Error) -> Option<&InflateError> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<InflateError>())
+}
+
 /// The WebSocket library's limits for what the client sends.
 pub(crate) fn read_config(node: &Node) -> WebSocketConfig {
     let limits = &node.config.limits;
@@ -411,20 +416,17 @@ impl Session {
                 tracing::debug!("connection reset without a closing handshake");
                 self.control.terminate();
             }
-            tungstenite::Error::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<InflateError>()) => {
-                match io.get_ref().and_then(|inner| inner.downcast_ref::<InflateError>()) {
-                    Some(InflateError::TooLarge(limit)) => {
-                        self.close(
-                            Code::MessageTooLarge,
-                            &format!("message larger than {limit} bytes"),
-                            None,
-                            false,
-                        );
-                    }
-                    Some(error) => self.close(Code::ProtocolError, &error.to_string(), None, false),
-                    None => self.control.terminate(),
+            tungstenite::Error::Io(io) if inflate_failure(io).is_some() => match inflate_failure(io) {
+                Some(InflateError::TooLarge(limit)) => {
+                    self.close(
+                        Code::MessageTooLarge,
+                        &format!("message larger than {limit} bytes"),
+                        None,
+                        false,
+                    );
                 }
-            }
+                _ => self.close(Code::ProtocolError, &io.to_string(), None, false),
+            },
             tungstenite::Error::Utf8(_) => {
                 self.close(Code::ProtocolError, "text frame is not valid UTF-8", None, false);
             }
