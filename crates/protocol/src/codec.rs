@@ -118,12 +118,16 @@ pub const METHODS: &[&str] = &[
 /// A [`CommandDecodeError`] saying whether the failure can be answered (it has an id) and
 /// with which code.
 pub fn decode_command(encoding: Encoding, frame: &[u8]) -> Result<Command, CommandDecodeError> {
-    let value: serde_json::Value = match encoding {
-        Encoding::Json => return json_command::decode(frame),
+    match encoding {
+        Encoding::Json => json_command::decode(frame),
         Encoding::MsgPack => decode_msgpack_value(frame)
-            .map_err(|e| CommandDecodeError::protocol(format!("malformed MessagePack: {e}")))?,
-    };
-    let mut value = value;
+            .map_err(|e| CommandDecodeError::protocol(format!("malformed MessagePack: {e}")))
+            .and_then(decode_value),
+    }
+}
+
+/// The generic path: a decoded frame checked field by field, then converted.
+fn decode_value(mut value: serde_json::Value) -> Result<Command, CommandDecodeError> {
     let Some(object) = value.as_object_mut() else {
         return Err(CommandDecodeError::protocol("a command must be an object/map"));
     };

@@ -75,7 +75,7 @@ impl Inflater {
         self.input.extend_from_slice(bytes);
         if let Err(error) = self.rewrite() {
             self.failed = Some(error);
-            self.input = BytesMut::new();
+            self.input.clear();
         }
         if self.input.is_empty() {
             // Nothing held: give the buffer back (idle connections keep no memory here).
